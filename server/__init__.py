@@ -1,0 +1,1 @@
+"""The vst inference server: request loop, worker, model registry, colour pipeline. Owns torch."""

@@ -1,0 +1,262 @@
+"""What every model family shares: typed parameters, errors, and `StyleModel`, the runnable model.
+
+A family module (`multistyle`, `fast_neural_style`, ...) turns a state dict into a `ModelDescriptor`:
+an `nn.Module` plus what the host needs to know to drive it. `StyleModel` wraps a descriptor with
+everything that is the same for all families: parameter validation, padding to the network's size
+multiple, dtype and device handling, and the generic `strength` mix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+PARAM_TYPES = ("float", "int", "bool", "choice", "string", "style_mix")
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+class ModelError(Exception):
+    """A model cannot be found, read, built or run as asked."""
+
+
+class UnknownModelError(ModelError):
+    """No model of that name exists, or no family recognises a checkpoint's keys."""
+
+
+class UnsafeCheckpointError(ModelError):
+    """Reading a checkpoint would execute code from it, so it was not loaded."""
+
+
+class ParamError(ModelError):
+    """A parameter value is unknown, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """A typed model parameter, which a host turns into a UI control."""
+
+    name: str
+    type: str
+    default: Any
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] | None = None
+    help: str = ""
+
+    def __post_init__(self) -> None:
+        if self.type not in PARAM_TYPES:
+            raise ValueError(f"parameter {self.name!r}: type {self.type!r} is not one of {PARAM_TYPES}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the parameter as a plain (msgpack-able) dict; unset fields are left out."""
+        out: dict[str, Any] = {"name": self.name, "type": self.type, "default": self.default}
+        if self.min is not None:
+            out["min"] = self.min
+        if self.max is not None:
+            out["max"] = self.max
+        if self.choices is not None:
+            out["choices"] = list(self.choices)
+        if self.help:
+            out["help"] = self.help
+        return out
+
+    def coerce(self, value: Any) -> Any:
+        """Return `value` converted to this parameter's type, or raise ParamError."""
+        if self.type == "float":
+            return self._in_range(_to_number(self, value, float))
+        if self.type == "int":
+            return self._in_range(_to_number(self, value, int))
+        if self.type == "bool":
+            return _to_bool(self, value)
+        if self.type == "choice":
+            text = str(value)
+            if self.choices is None or text not in self.choices:
+                raise ParamError(f"{self.name}: {value!r} is not one of {', '.join(self.choices or ())}")
+            return text
+        if self.type == "string":
+            if not isinstance(value, str):
+                raise ParamError(f"{self.name}: expected text, got {value!r}")
+            return value
+        return parse_style_mix(self, value)
+
+    def _in_range(self, number: float) -> Any:
+        low = -math.inf if self.min is None else self.min
+        high = math.inf if self.max is None else self.max
+        if not low <= number <= high:
+            raise ParamError(f"{self.name}: {number!r} is out of range; use a value from {low} to {high}")
+        return number
+
+
+STRENGTH = Param("strength", "float", 1.0, 0.0, 1.0, help="mix of the stylized result over the input, 0 to 1")
+"""The parameter every model has: lerp(input, stylized, strength)."""
+
+
+def _to_number(param: Param, value: Any, kind: type) -> Any:
+    if isinstance(value, bool):
+        raise ParamError(f"{param.name}: expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ParamError(f"{param.name}: expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ParamError(f"{param.name}: expected a finite number, got {value!r}")
+    if kind is int:
+        if number != int(number):
+            raise ParamError(f"{param.name}: expected a whole number, got {value!r}")
+        return int(number)
+    return number
+
+
+def _to_bool(param: Param, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ParamError(f"{param.name}: expected true or false, got {value!r}")
+
+
+def parse_style_mix(param: Param, value: Any) -> tuple[float, ...]:
+    """Turn a style choice or blend into weights over `param.choices`, summing to 1.
+
+    Accepted: an int (``7``), a string (``"7"`` or ``"3:0.5,12:0.5"``; an index without a weight
+    counts 1), a mapping ``{"3": 0.5, "12": 0.5}``, or one weight per style (a list or tuple, which
+    is also what this returns, so validated values validate again). Repeated indices add up.
+    """
+    count = len(param.choices or ())
+    usage = f"use an index 0-{count - 1} or a blend like '3:0.5,12:0.5'"
+    if isinstance(value, bool):
+        raise ParamError(f"{param.name}: {value!r} is not a style; {usage}")
+    if isinstance(value, int):
+        pairs: list[tuple[Any, Any]] = [(value, 1.0)]
+    elif isinstance(value, str):
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+        pairs = [(index, weight or 1.0) for index, _, weight in (part.partition(":") for part in parts)]
+    elif isinstance(value, Mapping):
+        pairs = list(value.items())
+    elif isinstance(value, (list, tuple)) and len(value) == count:
+        pairs = list(enumerate(value))
+    else:
+        raise ParamError(f"{param.name}: {value!r} is not a style; {usage}")
+    weights = [0.0] * count
+    for index, weight in pairs:
+        try:
+            i, w = int(index), float(weight)
+        except (TypeError, ValueError):
+            raise ParamError(f"{param.name}: cannot read {value!r}; {usage}") from None
+        if not 0 <= i < count:
+            raise ParamError(f"{param.name}: style {i} does not exist; {usage}")
+        if not (math.isfinite(w) and w >= 0):
+            raise ParamError(f"{param.name}: weight {weight!r} of style {i} must be a number >= 0")
+        weights[i] += w
+    total = sum(weights)
+    if total <= 0:
+        raise ParamError(f"{param.name}: {value!r} gives no style any weight; {usage}")
+    return tuple(w / total for w in weights)
+
+
+Runner = Callable[[torch.nn.Module, torch.Tensor, dict[str, Any]], torch.Tensor]
+
+
+@dataclass
+class ModelDescriptor:
+    """What a family's `load(state_dict)` returns: the network and how to drive it."""
+
+    module: torch.nn.Module
+    family: str
+    params: tuple[Param, ...]
+    """The family's own parameters; `StyleModel` adds `strength`."""
+    size_multiple: int
+    min_size: int
+    supports_half: bool
+    run: Runner
+    """(module, sRGB 0..1 [N,3,H,W] already padded, validated values) -> sRGB 0..1, same size."""
+
+
+class StyleModel:
+    """A loaded model on a device, ready to stylize tensors of any size."""
+
+    def __init__(self, name: str, descriptor: ModelDescriptor, device: torch.device, dtype: torch.dtype):
+        if dtype != torch.float32 and not descriptor.supports_half:
+            raise ModelError(f"{name}: the {descriptor.family} family does not run in {dtype}")
+        self.name = name
+        self.family = descriptor.family
+        self.params = (*descriptor.params, STRENGTH)
+        self.size_multiple = descriptor.size_multiple
+        self.min_size = descriptor.min_size
+        self.supports_half = descriptor.supports_half
+        self.device = device
+        self.dtype = dtype
+        self._module = descriptor.module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        self._run = descriptor.run
+
+    def __repr__(self) -> str:
+        return f"StyleModel({self.name!r}, family={self.family!r}, device={self.device}, dtype={self.dtype})"
+
+    def validate(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Return every parameter's value: given ones coerced and checked, the rest defaulted."""
+        known = {param.name: param for param in self.params}
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise ParamError(
+                f"{self.name} has no parameter {', '.join(map(repr, unknown))}; "
+                f"its parameters are {', '.join(known)}"
+            )
+        return {name: param.coerce(params.get(name, param.default)) for name, param in known.items()}
+
+    def stylize(self, rgb: torch.Tensor, **params: Any) -> torch.Tensor:
+        """Stylize sRGB-encoded 0..1 images [N,3,H,W] of any size; returns float32 on rgb's device."""
+        if not (torch.is_tensor(rgb) and rgb.ndim == 4 and rgb.shape[1] == 3 and rgb.is_floating_point()):
+            shape = tuple(rgb.shape) if torch.is_tensor(rgb) else type(rgb).__name__
+            raise ValueError(f"{self.name}: expected a float tensor [N,3,H,W], got {shape}")
+        if rgb.shape[0] == 0 or rgb.shape[2] == 0 or rgb.shape[3] == 0:
+            raise ValueError(f"{self.name}: empty image {tuple(rgb.shape)}")
+        values = self.validate(params)
+        strength = values["strength"]
+        if strength == 0:
+            return rgb.detach().to(torch.float32, copy=True)
+        height, width = rgb.shape[2:]
+        with torch.inference_mode():
+            x = _pad(rgb.to(device=self.device, dtype=self.dtype), self.size_multiple, self.min_size)
+            y = self._run(self._module, x, values)[:, :, :height, :width]
+        with torch.no_grad():  # copied out of inference mode: the caller gets an ordinary tensor
+            y = y.to(device=rgb.device, dtype=torch.float32, copy=True)
+            return y if strength == 1 else torch.lerp(rgb.to(torch.float32), y, strength)
+
+    def memory_bytes(self) -> int:
+        """Return the bytes held by the network's parameters and buffers."""
+        tensors = chain(self._module.parameters(), self._module.buffers())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def schema(self) -> dict[str, Any]:
+        """Return what a host needs to build its UI, as plain data."""
+        return {
+            "name": self.name,
+            "family": self.family,
+            "params": [param.to_dict() for param in self.params],
+            "size_multiple": self.size_multiple,
+            "supports_half": self.supports_half,
+        }
+
+
+def _pad(x: torch.Tensor, multiple: int, min_size: int) -> torch.Tensor:
+    """Pad bottom and right up to a multiple and at least min_size; reflect where possible."""
+    for dim in (2, 3):
+        side = x.shape[dim]
+        target = max(min_size, side)
+        target += -target % multiple
+        amount = target - side
+        if amount:
+            pad = (0, 0, 0, amount) if dim == 2 else (0, amount, 0, 0)
+            x = F.pad(x, pad, mode="reflect" if amount < side else "replicate")
+    return x

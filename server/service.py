@@ -1,0 +1,248 @@
+"""The request loop: a ROUTER socket that answers at once what it can and queues frames for the worker."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from server.colour import ColourSpaces
+from server.models import ModelError, ModelRegistry, resolve_device
+from server.pipeline import StylizeOptions
+from server.sequences import SequenceStates
+from server.worker import Job, Worker
+from vst_plugin import protocol
+from vst_plugin.frame import PIXEL_TYPES, FrameLimits
+
+log = logging.getLogger("vst.server")
+
+SERVER_NAME = "vst-server 0.1.0"
+
+
+class BindError(ValueError):
+    """The server was asked to listen somewhere it must not."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `vst serve` can set."""
+
+    address: str = protocol.DEFAULT_ADDRESS
+    device: str = "auto"
+    model_dirs: tuple[Path, ...] = ()
+    model_memory: int = 4 << 30
+    default_model: str = "multistyle26"
+    limits: FrameLimits = field(default_factory=FrameLimits)
+    max_message_bytes: int = 8 << 30
+    sequence_ttl: float = 600.0
+
+
+def check_loopback(address: str) -> None:
+    """Raise BindError unless `address` is ipc:// or tcp:// on a loopback host."""
+    if address.startswith("ipc://"):
+        return
+    if not address.startswith("tcp://"):
+        raise BindError(f"cannot serve on {address!r}: use tcp://127.0.0.1:PORT or ipc:///path")
+    host = address[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+    if host != "localhost":
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise BindError(
+                f"refusing to serve on {address}: vst has no authentication yet, so it listens only on "
+                "loopback (tcp://127.0.0.1:PORT, tcp://[::1]:PORT) or ipc://. Reach it from other machines "
+                "through an SSH tunnel."
+            )
+
+
+class Server:
+    """A persistent vst server: many clients, one compute worker fed by a queue."""
+
+    def __init__(self, config: ServerConfig, context: zmq.Context | None = None):
+        check_loopback(config.address)
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.registry = ModelRegistry(config.model_dirs, self.device, config.model_memory)
+        self.colours = ColourSpaces()
+        self.sequences = SequenceStates(config.sequence_ttl)
+        self._context = context or zmq.Context.instance()
+        self._results_address = f"inproc://vst-results-{id(self)}"
+        self._router: zmq.Socket | None = None
+        self._results: zmq.Socket | None = None
+        self._worker: Worker | None = None
+        self._stopping = threading.Event()
+        self._in_flight = 0
+        self._started = time.monotonic()
+        self.requests = 0
+        self.errors = 0
+        self.endpoint: str | None = None
+
+    def bind(self) -> str:
+        """Bind the ROUTER socket and start the worker; returns the endpoint actually bound."""
+        self._router = self._context.socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.LINGER, 1000)
+        self._router.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        self._router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        if self.config.address.startswith("tcp://") and self.config.address.endswith(":0"):
+            port = self._router.bind_to_random_port(self.config.address[: -len(":0")])
+            self.endpoint = f"{self.config.address[: -len(':0')]}:{port}"
+        else:
+            self._router.bind(self.config.address)
+            self.endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._results = self._context.socket(zmq.PULL)
+        self._results.bind(self._results_address)
+        self._worker = Worker(
+            self._context, self._results_address, self.registry, self.colours, self.config.limits, self.sequences
+        )
+        self._worker.start()
+        log.info("vst server on %s (device %s, OCIO config %s)", self.endpoint, self.device, self.colours.config_name)
+        return self.endpoint
+
+    def stop(self) -> None:
+        """Ask the loop to stop: no new frames are accepted, frames in flight are finished."""
+        self._stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        """Stop gracefully on SIGTERM and SIGINT (call from the main thread)."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: self.stop())
+
+    def serve_forever(self) -> None:
+        """Run the request loop until `stop()`, then finish frames in flight and close."""
+        if self._router is None:
+            self.bind()
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        poller.register(self._results, zmq.POLLIN)
+        try:
+            while not (self._stopping.is_set() and self._in_flight == 0):
+                for socket, _ in poller.poll(100):
+                    if socket is self._results:
+                        self._router.send_multipart(self._results.recv_multipart(copy=False), copy=False)
+                        self._in_flight -= 1
+                    else:
+                        self._handle(self._router.recv_multipart(copy=False))
+        finally:
+            self._worker.stop()
+            self._worker.join()
+            self._results.close(linger=0)
+            self._router.close()
+            log.info("vst server stopped")
+
+    # ---- requests ---------------------------------------------------------------------------
+
+    def _handle(self, frames: list[Any]) -> None:
+        identity = frames[0].bytes
+        self.requests += 1
+        try:
+            message = protocol.decode_request(frames[1:])
+            header, payload = self._answer(identity, message)
+        except protocol.ProtocolError as exc:
+            header, payload = protocol.error_reply(exc.header, exc.code, exc.message), []
+        except ModelError as exc:
+            header, payload = protocol.error_reply(message.header, "model_error", str(exc)), []
+        if header is None:
+            return  # queued; the worker replies
+        if not header["ok"]:
+            self.errors += 1
+            log.warning("request %s (%s) refused: %s", header["id"], header["op"], header["error"]["message"])
+        self._router.send_multipart([identity, protocol.pack(header), *payload], copy=False)
+
+    def _answer(self, identity: bytes, message: protocol.Message) -> tuple[dict[str, Any] | None, list[Any]]:
+        header = message.header
+        op = message.op
+        if op == "ping":
+            return protocol.reply(header), []
+        if op == "hello":
+            return protocol.reply(header, **self._hello()), []
+        if op == "models":
+            names = self.registry.available()
+            return protocol.reply(header, models=[self._describe(name) for name in names]), []
+        if op == "stats":
+            return protocol.reply(header, **self._stats()), []
+        if op == "unload":
+            model = header.get("model")
+            if not isinstance(model, str):
+                raise protocol.ProtocolError("bad_request", "'unload' needs a 'model' name", header)
+            return protocol.reply(header, unloaded=self.registry.unload(model)), []
+        if self._stopping.is_set():
+            raise protocol.ProtocolError(
+                "shutting_down", "the vst server is shutting down; send the frame again once it is back", header
+            )
+        if op == "reset":
+            if not isinstance(header.get("sequence"), str):
+                raise protocol.ProtocolError("bad_request", "'reset' needs a 'sequence' id (string)", header)
+            self._enqueue(Job(identity, header))
+            return None, []
+        return self._accept_stylize(identity, message)
+
+    def _accept_stylize(self, identity: bytes, message: protocol.Message) -> tuple[None, list[Any]]:
+        header = message.header
+        options = StylizeOptions.from_request(header, self.config.default_model)
+        if header.get("exr"):
+            if len(message.payload) != 1:
+                raise protocol.ProtocolError("bad_frame", "an EXR stylize request carries exactly one payload", header)
+            job = Job(identity, header, options, exr=message.payload[0])
+        else:
+            try:
+                frame = protocol.parse_frame(header.get("frame"), message.payload, self.config.limits)
+            except protocol.ProtocolError as exc:
+                raise protocol.ProtocolError(exc.code, exc.message, header) from None
+            job = Job(identity, header, options, frame=frame)
+        self._enqueue(job)
+        return None, []
+
+    def _enqueue(self, job: Job) -> None:
+        job.queued_at = time.perf_counter()
+        self._in_flight += 1
+        self._worker.jobs.put(job)
+
+    def _describe(self, name: str) -> dict[str, Any]:
+        try:
+            return self.registry.describe(name)
+        except ModelError as exc:
+            return {"name": name, "error": str(exc)}
+
+    def _hello(self) -> dict[str, Any]:
+        limits = self.config.limits
+        return {
+            "server": SERVER_NAME,
+            "protocol": protocol.PROTOCOL_VERSION,
+            "device": str(self.device),
+            "capabilities": {
+                "exr_bytes": True,
+                "pixel_types": list(PIXEL_TYPES),
+                "colorspaces": self.colours.names(),
+                "highlights": list(protocol.HIGHLIGHT_POLICIES),
+                "default_model": self.config.default_model,
+                "limits": {
+                    "max_side": limits.max_side,
+                    "max_pixels": limits.max_pixels,
+                    "max_channels": limits.max_channels,
+                    "max_parts": limits.max_parts,
+                    "max_message_bytes": self.config.max_message_bytes,
+                },
+            },
+        }
+
+    def _stats(self) -> dict[str, Any]:
+        return {
+            "uptime_s": round(time.monotonic() - self._started, 3),
+            "requests": self.requests,
+            "frames": self._worker.frames_done,
+            "errors": self.errors + self._worker.errors,
+            "queued": self._in_flight,
+            "sequences": len(self.sequences),
+            "device": str(self.device),
+            "models_loaded": self.registry.loaded(),
+            "model_memory_budget": self.config.model_memory,
+        }

@@ -1,0 +1,61 @@
+"""Shared fixtures: ../shared beside the repository, free loopback addresses, a real server process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """The read-only ../shared folder; skipped when absent, a failure under CI=true."""
+    if not SHARED.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{SHARED} is missing; CI must run with ../shared beside the repository")
+        pytest.skip("../shared is not beside the repository")
+    return SHARED
+
+
+def _free_address() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+
+
+@pytest.fixture(scope="session")
+def free_address() -> Callable[[], str]:
+    """A function returning a loopback tcp address nobody listens on."""
+    return _free_address
+
+
+@pytest.fixture(scope="session")
+def server_address() -> Iterator[str]:
+    """Address of a real `vst serve` process (CPU) shared by the tests of a session."""
+    from vst_plugin import Client, ServerUnavailable
+
+    address = _free_address()
+    vst = str(Path(sys.executable).parent / "vst")
+    process = subprocess.Popen([vst, "serve", "--bind", address, "--device", "cpu"])
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with Client(address, timeout=2, heartbeat=0.5) as client:
+                    client.hello()
+                break
+            except ServerUnavailable:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"vst serve did not start (exit code {process.poll()})") from None
+        yield address
+    finally:
+        process.terminate()
+        process.wait(60)
