@@ -7,6 +7,7 @@ the model's device. docs/protocol.md describes the policies.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,8 @@ import OpenImageIO as oiio
 import torch
 
 from vst_plugin.protocol import HIGHLIGHT_POLICIES
+
+log = logging.getLogger("vst.server")
 
 LINEAR = "lin_rec709"
 RAW = "raw"
@@ -36,6 +39,11 @@ class ColourSpaces:
             names.extend(self._config.getAliases(name))
         self._names = set(names)
         self._linear = LINEAR if LINEAR in self._names else self._config.getColorSpaceNameByRole("scene_linear")
+        if self._linear != LINEAR:
+            log.warning(
+                "OCIO config %s has no %s colour space; the network's linear space is its scene_linear role %r",
+                self.config_name, LINEAR, self._linear,
+            )
 
     def names(self) -> list[str]:
         """Every colour space name and alias of the config, plus `raw`."""

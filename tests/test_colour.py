@@ -86,3 +86,40 @@ def test_unknown_colour_space_and_policy_are_refused() -> None:
         colours.check("Kodak 5219")
     with pytest.raises(ColourError, match="preserve, compress, clamp"):
         to_network(torch.zeros(1, 3, 2, 2), "burn")
+
+
+STUDIO_CONFIG = """ocio_profile_version: 2
+roles:
+  default: studio_linear
+  scene_linear: studio_linear
+displays:
+  monitor:
+    - !<View> {name: Raw, colorspace: studio_linear}
+colorspaces:
+  - !<ColorSpace>
+    name: studio_linear
+    encoding: scene-linear
+  - !<ColorSpace>
+    name: studio_log2
+    encoding: log
+    to_scene_reference: !<LogTransform> {base: 2, direction: inverse}
+"""
+
+
+def test_ocio_environment_variable_selects_the_studio_config(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "config.ocio"
+    config.write_text(STUDIO_CONFIG)
+    code = (
+        "import numpy as np; from server.colour import ColourSpaces; c = ColourSpaces(); "
+        "print(sorted(c.names())); "
+        "print(float(c.to_linear(np.full((1, 1, 3), 3.0, np.float32), 'studio_log2')[0, 0, 0]))"
+    )
+    env = {**os.environ, "OCIO": str(config)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    names, value = done.stdout.strip().splitlines()
+    assert names == "['raw', 'studio_linear', 'studio_log2']"
+    assert float(value) == pytest.approx(8.0, abs=1e-3)
