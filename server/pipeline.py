@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -10,6 +12,7 @@ import torch
 
 from server.colour import RAW, ColourSpaces, check_policy, from_network, to_network
 from server.models import StyleModel
+from server.temporal import LayerMotion, blend, layer_key
 from vst_plugin.frame import ColourLayer, Frame, colour_layers
 from vst_plugin.protocol import DEFAULT_COLORSPACE, ProtocolError
 
@@ -51,6 +54,14 @@ class StylizeOptions:
         return cls(model, params, colorspace, highlights, tuple(layers) if layers else None, premultiplied)
 
 
+@dataclass(frozen=True)
+class TemporalBlend:
+    """How a frame blends with its predecessor: strength and each layer's motion (by layer key)."""
+
+    strength: float
+    motions: dict[str, LayerMotion]
+
+
 class PipelineError(ValueError):
     """The frame or the options cannot be stylized as asked (reported as `bad_param`)."""
 
@@ -80,13 +91,22 @@ def find_layers(frame: Frame, options: StylizeOptions) -> list[ColourLayer]:
 
 
 def stylize_frame(
-    frame: Frame, model: StyleModel, params: dict[str, Any], options: StylizeOptions, colours: ColourSpaces
+    frame: Frame,
+    model: StyleModel,
+    params: dict[str, Any],
+    options: StylizeOptions,
+    colours: ColourSpaces,
+    state: dict[str, Any] | None = None,
+    temporal: TemporalBlend | None = None,
 ) -> dict[tuple[int, str], np.ndarray]:
     """Stylize every chosen colour layer of a frame.
 
     Returns the new planes keyed by (part index, channel name), in the plates' own pixel types.
     Alpha and all other channels are left alone. The `identity` model returns the colour planes as
-    they came, without the colour pipeline: it measures what transport and serving cost.
+    they came, without the colour pipeline: it measures what transport and serving cost. `state` is
+    the model's memory of this sequence; each layer (a stereo view, a part) keeps its own in it.
+    `temporal` blends each layer's previous result, warped along the motion, into the new one
+    (server/temporal.py); it needs `state`.
     """
     changed: dict[tuple[int, str], np.ndarray] = {}
     for layer in find_layers(frame, options):
@@ -102,7 +122,12 @@ def stylize_frame(
             rgb /= alpha
         if options.colorspace != RAW:
             rgb = colours.to_linear(rgb, options.colorspace)
-        result = _run_network(rgb, model, params, options)
+        key = layer_key(layer)
+        layer_state = None if state is None else state.setdefault(key, {})
+        post = None
+        if temporal is not None and layer_state is not None:
+            post = partial(blend, motion=temporal.motions.get(key), memory=layer_state, strength=temporal.strength)
+        result = _run_network(rgb, model, params, options, layer_state, post)
         if options.colorspace != RAW:
             result = colours.from_linear(result, options.colorspace)
         if alpha is not None:
@@ -112,9 +137,18 @@ def stylize_frame(
     return changed
 
 
-def _run_network(rgb: np.ndarray, model: StyleModel, params: dict[str, Any], options: StylizeOptions) -> np.ndarray:
-    """Linear (H, W, 3) float32 -> network -> linear (H, W, 3) float32."""
+def _run_network(
+    rgb: np.ndarray,
+    model: StyleModel,
+    params: dict[str, Any],
+    options: StylizeOptions,
+    state: dict[str, Any] | None,
+    post: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> np.ndarray:
+    """Linear (H, W, 3) float32 -> network (then `post` on its 0..1 output) -> linear (H, W, 3) float32."""
     linear = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].to(model.device)
     prepared = to_network(linear, options.highlights, encode=options.colorspace != RAW)
-    output = model.stylize(prepared.encoded, **params)
+    output = model.stylize(prepared.encoded, state=state, **params)
+    if post is not None:
+        output = post(output)
     return from_network(output, prepared)[0].permute(1, 2, 0).cpu().numpy()

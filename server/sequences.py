@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -13,6 +14,9 @@ class SequenceState:
 
     last_frame: int | None
     touched: float
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Memory of temporal models, by model name, carried to the next frame. It is dropped when the
+    next frame is not the one after `last_frame`, as it describes the frames just before."""
 
 
 class SequenceStates:
@@ -29,8 +33,16 @@ class SequenceStates:
         with self._lock:
             self._expire(now)
             previous = self._states.get((client, sequence), SequenceState(None, now))
-            self._states[(client, sequence)] = SequenceState(frame if isinstance(frame, int) else None, now)
+            frame = frame if isinstance(frame, int) else None
+            follows = None in (frame, previous.last_frame) or frame == previous.last_frame + 1
+            self._states[(client, sequence)] = SequenceState(frame, now, previous.models if follows else {})
             return previous
+
+    def model_state(self, client: bytes, sequence: str, model: str) -> dict[str, Any]:
+        """The memory a temporal model keeps for this sequence (created empty); call after `touch`."""
+        with self._lock:
+            state = self._states.setdefault((client, sequence), SequenceState(None, time.monotonic()))
+            return state.models.setdefault(model, {})
 
     def reset(self, client: bytes, sequence: str) -> bool:
         """Forget a sequence; True if it had state."""

@@ -8,18 +8,22 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import zmq
 
+from server import temporal
 from server.colour import ColourSpaces
 from server.models import ModelError, ModelRegistry, resolve_device
 from server.pipeline import StylizeOptions
 from server.sequences import SequenceStates
+from server.temporal import MotionTracker, TemporalOptions
 from server.worker import Job, Worker
 from vst_plugin import protocol
-from vst_plugin.frame import PIXEL_TYPES, FrameLimits
+from vst_plugin.exr import decode_exr
+from vst_plugin.frame import PIXEL_TYPES, Frame, FrameLimits
 
 log = logging.getLogger("vst.server")
 
@@ -74,6 +78,7 @@ class Server:
         self.registry = ModelRegistry(config.model_dirs, self.device, config.model_memory)
         self.colours = ColourSpaces()
         self.sequences = SequenceStates(config.sequence_ttl)
+        self.motion = MotionTracker(ttl=config.sequence_ttl)
         self._context = context or zmq.Context.instance()
         self._results_address = f"inproc://vst-results-{id(self)}"
         self._router: zmq.Socket | None = None
@@ -134,6 +139,7 @@ class Server:
         finally:
             self._worker.stop()
             self._worker.join()
+            self.motion.close()
             self._results.close(linger=0)
             self._router.close()
             log.info("vst server stopped")
@@ -181,6 +187,7 @@ class Server:
         if op == "reset":
             if not isinstance(header.get("sequence"), str):
                 raise protocol.ProtocolError("bad_request", "'reset' needs a 'sequence' id (string)", header)
+            self.motion.reset(identity, header["sequence"])
             self._enqueue(Job(identity, header))
             return None, []
         return self._accept_stylize(identity, message)
@@ -188,16 +195,25 @@ class Server:
     def _accept_stylize(self, identity: bytes, message: protocol.Message) -> tuple[None, list[Any]]:
         header = message.header
         options = StylizeOptions.from_request(header, self.config.default_model)
+        temporal = TemporalOptions.from_request(header)
         if header.get("exr"):
             if len(message.payload) != 1:
                 raise protocol.ProtocolError("bad_frame", "an EXR stylize request carries exactly one payload", header)
             job = Job(identity, header, options, exr=message.payload[0])
+            load = partial(decode_exr, bytes(message.payload[0]), self.config.limits)
         else:
             try:
                 frame = protocol.parse_frame(header.get("frame"), message.payload, self.config.limits)
             except protocol.ProtocolError as exc:
                 raise protocol.ProtocolError(exc.code, exc.message, header) from None
             job = Job(identity, header, options, frame=frame)
+            load = partial(_given, frame)
+        if temporal is not None:
+            layers = list(options.layers) if options.layers else None
+            job.temporal = temporal
+            job.analysis = self.motion.analyse(
+                identity, header["sequence"], header["frame_number"], load, layers, temporal
+            )
         self._enqueue(job)
         return None, []
 
@@ -224,6 +240,7 @@ class Server:
                 "colorspaces": self.colours.names(),
                 "highlights": list(protocol.HIGHLIGHT_POLICIES),
                 "default_model": self.config.default_model,
+                "temporal": temporal.PARAMS,
                 "limits": {
                     "max_side": limits.max_side,
                     "max_pixels": limits.max_pixels,
@@ -246,3 +263,8 @@ class Server:
             "models_loaded": self.registry.loaded(),
             "model_memory_budget": self.config.model_memory,
         }
+
+
+def _given(frame: Frame) -> Frame:
+    """A frame that arrived as planes: nothing to load."""
+    return frame

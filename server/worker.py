@@ -6,6 +6,7 @@ import logging
 import queue
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,8 +16,9 @@ import zmq
 from server.colour import ColourSpaces
 from server.models import ModelRegistry, ParamError, UnknownModelError, UnsafeCheckpointError
 from server.models.base import ModelError
-from server.pipeline import PipelineError, StylizeOptions, check_options, stylize_frame
+from server.pipeline import PipelineError, StylizeOptions, TemporalBlend, check_options, stylize_frame
 from server.sequences import SequenceStates
+from server.temporal import Analysis, TemporalOptions
 from vst_plugin import protocol
 from vst_plugin.exr import ExrError, decode_exr, encode_exr
 from vst_plugin.frame import Frame, FrameLimits, Part
@@ -34,6 +36,9 @@ class Job:
     frame: Frame | None = None
     exr: memoryview | None = None
     queued_at: float = 0.0
+    temporal: TemporalOptions | None = None
+    analysis: Future[Analysis] | None = None
+    """The frame and its motion, analysed ahead of the worker (temporal mode only)."""
 
 
 class Worker(threading.Thread):
@@ -110,11 +115,18 @@ class Worker(threading.Thread):
         check_options(options, self._colours)
         model = self._registry.get(options.model)
         params = model.validate(options.params)
-        frame = job.frame if job.exr is None else decode_exr(bytes(job.exr), self._limits)
+        temporal = None
+        if job.analysis is not None:
+            frame, motions = job.analysis.result()
+            temporal = TemporalBlend(job.temporal.strength, motions)
+        else:
+            frame = job.frame if job.exr is None else decode_exr(bytes(job.exr), self._limits)
         sequence = job.header.get("sequence")
+        state = None
         if isinstance(sequence, str):
             self._sequences.touch(job.identity, sequence, job.header.get("frame_number"))
-        changed = stylize_frame(frame, model, params, options, self._colours)
+            state = self._sequences.model_state(job.identity, sequence, model.name)
+        changed = stylize_frame(frame, model, params, options, self._colours, state, temporal)
         self.frames_done += 1
         timing = {
             "queue_ms": round((started - job.queued_at) * 1000, 2),

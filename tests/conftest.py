@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -37,14 +38,14 @@ def free_address() -> Callable[[], str]:
     return _free_address
 
 
-@pytest.fixture(scope="session")
-def server_address() -> Iterator[str]:
-    """Address of a real `vst serve` process (CPU) shared by the tests of a session."""
+@contextlib.contextmanager
+def _running_server(*options: str) -> Iterator[str]:
+    """Start `vst serve` on a free loopback address with extra options; stop it afterwards."""
     from vst_plugin import Client, ServerUnavailable
 
     address = _free_address()
     vst = str(Path(sys.executable).parent / "vst")
-    process = subprocess.Popen([vst, "serve", "--bind", address, "--device", "cpu"])
+    process = subprocess.Popen([vst, "serve", "--bind", address, "--device", "cpu", *options])
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -59,3 +60,16 @@ def server_address() -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(60)
+
+
+@pytest.fixture(scope="session")
+def vst_server() -> Callable[..., contextlib.AbstractContextManager[str]]:
+    """`with vst_server("--models-dir", d) as address:` runs a real server of its own (CPU)."""
+    return _running_server
+
+
+@pytest.fixture(scope="session")
+def server_address() -> Iterator[str]:
+    """Address of a real `vst serve` process (CPU) shared by the tests of a session."""
+    with _running_server() as address:
+        yield address

@@ -9,13 +9,13 @@ import logging
 import os
 import sys
 import threading
-from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from vst_plugin import protocol
-from vst_plugin.client import Client, ServerError, ServerUnavailable, VstError
+from vst_plugin.client import Client, ServerUnavailable, VstError
 from vst_plugin.sequence import SequenceError, frame_path, has_frame_token, parse_frames
 
 EMBEDDED_ADDRESS = "tcp://127.0.0.1:0"
@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--bind", default=protocol.DEFAULT_ADDRESS, metavar="ADDR",
                        help="tcp://127.0.0.1:PORT or ipc:///path (loopback only)")
     serve.add_argument("--default-model", default="multistyle26", help="model used when a request names none")
+    serve.add_argument("--sequence-ttl", type=float, default=600.0, metavar="SECONDS",
+                       help="forget a client's sequence state after this long without frames (default 600)")
     _server_options(serve)
 
     models = commands.add_parser("models", help="list the server's models and their parameters")
@@ -91,7 +93,37 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
                         help="layers to stylize (default: main RGBA of every part and view)")
     render.add_argument("--in-flight", type=int, default=2, help="frames sent ahead of the one being written")
+    render.add_argument("--temporal", type=float, nargs="?", const=0.8, default=None, metavar="STRENGTH",
+                        help="blend the previous result warped along the motion, 0..1 (flag alone: 0.8)")
+    render.add_argument("--flow-preset", default="fast", choices=("ultrafast", "fast", "medium"),
+                        help="DIS optical flow preset when the plates carry no motion vectors (default fast)")
+    render.add_argument("--no-vectors", action="store_true",
+                        help="estimate flow even when the plates carry backward/forward motion vectors")
+    render.add_argument("--preroll", type=int, default=0, metavar="N",
+                        help="render N frames before the first one and discard them (chunked temporal renders)")
     _connection_options(render)
+
+    evaluate = commands.add_parser("eval", help="measure rendered sequences")
+    measures = evaluate.add_subparsers(dest="measure", required=True)
+    temporal = measures.add_parser("temporal", help="warping error of a rendered sequence (Lai et al.)")
+    temporal.add_argument("output", help="rendered sequence pattern")
+    temporal.add_argument("--frames", required=True, help="frame list, e.g. 1001-1100")
+    flows = temporal.add_mutually_exclusive_group(required=True)
+    flows.add_argument("--flow-from", metavar="IN_PATTERN", help="estimate flow (DIS) on these input plates")
+    flows.add_argument("--gt-flow", metavar="PATTERN",
+                       help="ground-truth flow: EXR files with forward.u/v and backward.u/v channels")
+    temporal.add_argument("--preset", default="medium", choices=("ultrafast", "fast", "medium"))
+    temporal.add_argument("--y-down", action="store_true", help="flow v points down (default: up, as in Nuke)")
+    temporal.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    convert = commands.add_parser(
+        "convert-stylegan",
+        help="convert an NVlabs stylegan2-ada/stylegan3 .pkl generator to a rosinality checkpoint",
+        description="Reads the pickle without running any code from it (tensors and plain containers only) "
+        "and writes G_ema as a rosinality StyleGAN2 checkpoint (g_ema, latent_avg) the server loads.",
+    )
+    convert.add_argument("input", type=Path, help="NVlabs network pickle (.pkl)")
+    convert.add_argument("output", type=Path, help="rosinality checkpoint to write (.pt)")
     return parser
 
 
@@ -141,11 +173,52 @@ def render_params(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
+def render_temporal(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Temporal options from --temporal, --flow-preset and --no-vectors."""
+    if args.temporal is None:
+        return None
+    if not 0 < args.temporal <= 1:
+        raise CommandError(f"--temporal {args.temporal}: the strength must be in 0..1")
+    return {"strength": args.temporal, "preset": args.flow_preset, "vectors": "off" if args.no_vectors else "auto"}
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Print the warping error of a rendered sequence, per frame pair and overall."""
+    from server.evaluate import EvaluationError, evaluate_temporal
+    from vst_plugin.exr import ExrError
+
+    try:
+        frames = parse_frames(args.frames)
+        report = evaluate_temporal(args.output, frames, args.flow_from, args.gt_flow, args.preset, not args.y_down)
+    except (SequenceError, EvaluationError, ExrError) as exc:
+        raise CommandError(str(exc)) from None
+    if args.json:
+        pairs = [{"frames": [a, b], "warping_error": error} for a, b, error in report.pairs]
+        print(json.dumps({"pairs": pairs, "mean": report.mean}, indent=2))
+        return 0
+    for a, b, error in report.pairs:
+        print(f"{a} -> {b}: {error:.6f}")
+    print(f"warping error (mean of {len(report.pairs)} pairs): {report.mean:.6f}")
+    return 0
+
+
+def available_preroll(frames: list[int], wanted: int, input_path: Callable[[int], str]) -> int:
+    """The pre-roll every contiguous run of `frames` can have: at most `wanted` existing frames before it."""
+    starts = [n for i, n in enumerate(frames) if i == 0 or frames[i - 1] != n - 1]
+    preroll = wanted
+    for start in starts:
+        available = 0
+        while available < preroll and os.path.isfile(input_path(start - available - 1)):
+            available += 1
+        preroll = available
+    return preroll
+
+
 def run_render(args: argparse.Namespace) -> int:
     """Stylize a sequence, several frames in flight, each output written atomically."""
     from tqdm import tqdm
 
-    from vst_plugin.exr import ExrError, read_exr
+    from vst_plugin.jobs import ExrPlanes, JobError, SequenceJob, StyleOptions
 
     try:
         frames = parse_frames(args.frames)
@@ -159,38 +232,34 @@ def run_render(args: argparse.Namespace) -> int:
     if missing:
         shown = ", ".join(f"{n} ({inputs[n]})" for n in missing[:5])
         raise CommandError(f"{len(missing)} input frame(s) missing: {shown}{' ...' if len(missing) > 5 else ''}")
-    options = {
-        "model": args.model,
-        "params": render_params(args),
-        "colorspace": args.input_colorspace,
-        "highlights": args.highlights,
-        "layers": args.layers,
-    }
+    options = StyleOptions(
+        model=args.model,
+        params=render_params(args),
+        colorspace=args.input_colorspace,
+        highlights=args.highlights,
+        layers=tuple(args.layers) if args.layers else None,
+        temporal=render_temporal(args),
+    )
+    input_path = partial(frame_path, args.input) if has_frame_token(args.input) else (lambda _: args.input)
+    preroll = available_preroll(frames, args.preroll, input_path)
+    if preroll < args.preroll:
+        print(f"vst render: pre-roll shortened to {preroll} frame(s): the plates before frame "
+              f"{frames[0]} end there", file=sys.stderr)
     with connect(args) as client, tqdm(total=len(frames), unit="frame", desc="vst render") as progress:
-        pending: deque = deque()
-        for number in frames:
-            try:
-                plate = read_exr(inputs[number])
-            except ExrError as exc:
-                raise CommandError(f"frame {number}: {exc}") from None
-            pending.append((number, client.submit(plate, frame_number=number, **options)))
-            if len(pending) >= max(1, args.in_flight):
-                _finish(client, pending.popleft(), outputs, progress)
-        while pending:
-            _finish(client, pending.popleft(), outputs, progress)
+        job = SequenceJob(
+            client,
+            options,
+            source=lambda n: ExrPlanes.load(input_path(n)),
+            output=outputs.__getitem__,
+            in_flight=max(1, args.in_flight),
+            preroll=preroll,
+        )
+        try:
+            job.run(frames, progress=lambda _: progress.update(1))
+        except JobError as exc:
+            raise CommandError(str(exc)) from None
     print(f"wrote {len(frames)} frame(s) to {os.path.dirname(os.path.abspath(outputs[frames[0]]))}")
     return 0
-
-
-def _finish(client: Client, item: tuple, outputs: dict[int, str], progress: Any) -> None:
-    from vst_plugin.exr import ExrError, write_exr
-
-    number, pending = item
-    try:
-        write_exr(client.result(pending), outputs[number])
-    except (ServerError, ExrError) as exc:
-        raise CommandError(f"frame {number}: {exc}") from None
-    progress.update(1)
 
 
 def run_models(args: argparse.Namespace) -> int:
@@ -223,7 +292,10 @@ def run_serve(args: argparse.Namespace) -> int:
     from server.models import ModelError
     from server.service import BindError, Server, ServerConfig
 
-    config = ServerConfig(args.bind, args.device, tuple(args.models_dir), args.model_memory, args.default_model)
+    config = ServerConfig(
+        args.bind, args.device, tuple(args.models_dir), args.model_memory, args.default_model,
+        sequence_ttl=args.sequence_ttl,
+    )
     try:
         server = Server(config)
         endpoint = server.bind()
@@ -237,11 +309,35 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_convert_stylegan(args: argparse.Namespace) -> int:
+    """Convert an NVlabs StyleGAN2 pickle to a rosinality checkpoint."""
+    from server.models import ModelError  # torch is imported only here
+    from server.stylegan.convert import convert_nvlabs
+
+    if not args.input.is_file():
+        raise CommandError(f"{args.input} does not exist")
+    try:
+        config = convert_nvlabs(args.input, args.output)
+    except ModelError as exc:
+        raise CommandError(str(exc)) from None
+    print(
+        f"wrote {args.output}: StyleGAN2 {config.size} px, style dimension {config.style_dim}, "
+        f"{config.n_mlp} mapping layers, {config.n_latent} W+ rows"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `vst` command."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
-    commands = {"serve": run_serve, "models": run_models, "render": run_render}
+    commands = {
+        "serve": run_serve,
+        "models": run_models,
+        "render": run_render,
+        "eval": run_eval,
+        "convert-stylegan": run_convert_stylegan,
+    }
     try:
         return commands[args.command](args)
     except (CommandError, VstError) as exc:

@@ -181,6 +181,12 @@ class ModelDescriptor:
     supports_half: bool
     run: Runner
     """(module, sRGB 0..1 [N,3,H,W] already padded, validated values) -> sRGB 0..1, same size."""
+    model_type: type[StyleModel] | None = None
+    """The `StyleModel` subclass that serves this family (one with a wider API); None: StyleModel."""
+
+    def build(self, name: str, device: torch.device, dtype: torch.dtype) -> StyleModel:
+        """Wrap the network in its model class on a device."""
+        return (self.model_type or StyleModel)(name, self, device, dtype)
 
 
 class StyleModel:
@@ -214,8 +220,12 @@ class StyleModel:
             )
         return {name: param.coerce(params.get(name, param.default)) for name, param in known.items()}
 
-    def stylize(self, rgb: torch.Tensor, **params: Any) -> torch.Tensor:
-        """Stylize sRGB-encoded 0..1 images [N,3,H,W] of any size; returns float32 on rgb's device."""
+    def stylize(self, rgb: torch.Tensor, *, state: dict[str, Any] | None = None, **params: Any) -> torch.Tensor:
+        """Stylize sRGB-encoded 0..1 images [N,3,H,W] of any size; returns float32 on rgb's device.
+
+        `state` is the memory of one sequence (a dict kept by the caller from frame to frame) for
+        models that use the previous frames; the others ignore it.
+        """
         if not (torch.is_tensor(rgb) and rgb.ndim == 4 and rgb.shape[1] == 3 and rgb.is_floating_point()):
             shape = tuple(rgb.shape) if torch.is_tensor(rgb) else type(rgb).__name__
             raise ValueError(f"{self.name}: expected a float tensor [N,3,H,W], got {shape}")
@@ -228,10 +238,14 @@ class StyleModel:
         height, width = rgb.shape[2:]
         with torch.inference_mode():
             x = _pad(rgb.to(device=self.device, dtype=self.dtype), self.size_multiple, self.min_size)
-            y = self._run(self._module, x, values)[:, :, :height, :width]
+            y = self._forward(x, values, state)[:, :, :height, :width]
         with torch.no_grad():  # copied out of inference mode: the caller gets an ordinary tensor
             y = y.to(device=rgb.device, dtype=torch.float32, copy=True)
             return y if strength == 1 else torch.lerp(rgb.to(torch.float32), y, strength)
+
+    def _forward(self, x: torch.Tensor, values: dict[str, Any], state: dict[str, Any] | None) -> torch.Tensor:
+        """Run the network on a padded batch (in inference mode); `state` is for temporal subclasses."""
+        return self._run(self._module, x, values)
 
     def memory_bytes(self) -> int:
         """Return the bytes held by the network's parameters and buffers."""

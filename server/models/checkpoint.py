@@ -8,6 +8,7 @@ would call that code.
 
 from __future__ import annotations
 
+import argparse
 import pickle
 import re
 import zipfile
@@ -20,13 +21,18 @@ from safetensors.torch import load_file
 
 from .base import ModelError, UnsafeCheckpointError
 
-ALLOWED_GLOBALS: tuple[Any, ...] = ()
-"""Classes and functions a torch checkpoint may reference beyond torch's weights-only defaults."""
+ALLOWED_GLOBALS: tuple[Any, ...] = (argparse.Namespace,)
+"""Classes and functions a torch checkpoint may reference beyond torch's weights-only defaults:
+``argparse.Namespace`` holds the training options in StyleGAN2 (rosinality) training checkpoints;
+rebuilding one only sets attributes to plain values."""
 
 WRAPPER_KEYS = ("state_dict", "model", "g_ema")
 """Keys under which training scripts store the weights inside a larger dict: ``state_dict``
 (PyTorch Lightning and many training loops), ``model`` (common training loops), ``g_ema``
 (StyleGAN2 checkpoints: the averaged generator). The first present, holding a dict, is used."""
+
+COMPANION_TENSORS = {"g_ema": ("latent_avg",)}
+"""Tensors stored beside a wrapper key that belong to its model; they are added to its state dict."""
 
 _GLOBAL = re.compile(r"GLOBAL (\S+)")
 _READ_ERRORS = (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile)
@@ -45,10 +51,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     else:
         data = _torch_load(path)
     if isinstance(data, dict):
-        data = next(
-            (data[key] for key in WRAPPER_KEYS if isinstance(data.get(key), dict)),
-            data,
-        )
+        wrapper = next((key for key in WRAPPER_KEYS if isinstance(data.get(key), dict)), None)
+        if wrapper is not None:
+            names = COMPANION_TENSORS.get(wrapper, ())
+            companions = {key: data[key] for key in names if torch.is_tensor(data.get(key))}
+            data = {**data[wrapper], **companions}
     items = data.items() if isinstance(data, dict) else ()
     tensors = {key: value for key, value in items if torch.is_tensor(value)}
     if not tensors:

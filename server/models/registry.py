@@ -3,10 +3,13 @@
 Names come from three places, earlier ones winning on a clash: ``identity``, the built-in weights
 in ``server/weights``, then the checkpoints in the folders given to `ModelRegistry`, in order. A
 checkpoint's family is found by asking each module in `FAMILIES` whether it recognises the keys.
+A ``.json`` recipe names its family and the checkpoints it combines (relative to its folder); the
+family's ``load_recipe(recipe, folder)`` builds it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -17,15 +20,16 @@ from typing import Any
 
 import torch
 
-from . import fast_neural_style, identity, multistyle
+from . import fast_neural_style, identity, multistyle, stylegan2
 from .base import ModelDescriptor, ModelError, StyleModel, UnknownModelError
 from .checkpoint import read_state_dict
 
-FAMILIES = (multistyle, fast_neural_style)
+FAMILIES = (multistyle, fast_neural_style, stylegan2)
 """Detection order. Adding an architecture means adding a module and one entry here."""
 
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "weights"
-CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt")
+RECIPE_SUFFIX = ".json"
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", RECIPE_SUFFIX)
 IDENTITY = "identity"
 
 log = logging.getLogger(__name__)
@@ -92,7 +96,7 @@ class ModelRegistry:
             stat = path.stat()
             stamp = (key, stat.st_mtime_ns, stat.st_size)
             if stamp not in self._schemas:
-                self._schemas[stamp] = StyleModel(path.stem, _load(path), cpu, torch.float32).schema()
+                self._schemas[stamp] = _load(path).build(path.stem, cpu, torch.float32).schema()
             return {**self._schemas[stamp], "loaded": False}
 
     def get(self, name_or_path: str) -> StyleModel:
@@ -110,7 +114,7 @@ class ModelRegistry:
                 for t in chain(descriptor.module.parameters(), descriptor.module.buffers())
             )
             self._make_room(name, size)
-            model = StyleModel(name, descriptor, self.device, dtype)
+            model = descriptor.build(name, self.device, dtype)
             self._loaded[key] = model
             mib = size / 2**20
             log.info("loaded %s (%s, %.2f MiB, %s on %s)", name, model.family, mib, dtype, model.device)
@@ -182,6 +186,8 @@ class ModelRegistry:
 
 def _load(path: Path) -> ModelDescriptor:
     """Read a checkpoint and build it with the first family that recognises its keys."""
+    if path.suffix == RECIPE_SUFFIX:
+        return _load_recipe(path)
     state_dict = read_state_dict(path)
     for family in FAMILIES:
         if family.detect(state_dict):
@@ -197,6 +203,21 @@ def _load(path: Path) -> ModelDescriptor:
     raise UnknownModelError(
         f"{path}: no model family recognises this checkpoint (tried {families}); its first keys are {keys}"
     )
+
+
+def _load_recipe(path: Path) -> ModelDescriptor:
+    """Build a model from a JSON recipe with the family it names."""
+    try:
+        recipe = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelError(f"cannot read recipe {path}: {error}") from None
+    takers = {family.FAMILY: family for family in FAMILIES if hasattr(family, "load_recipe")}
+    name = recipe.get("family") if isinstance(recipe, dict) else None
+    if name not in takers:
+        raise UnknownModelError(
+            f"{path}: a recipe is a JSON object whose 'family' is one of {', '.join(takers)} (got {name!r})"
+        )
+    return takers[name].load_recipe(recipe, path.parent)
 
 
 _default_registries: dict[torch.device, ModelRegistry] = {}

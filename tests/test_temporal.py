@@ -1,0 +1,187 @@
+"""Temporal mode against a real server: the sequence state machine and lower warping error."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.colour import srgb_encode
+from server.flow import occlusion, warping_error
+from vst_plugin import Client, Frame, Part
+from vst_plugin.exr import read_exr
+
+VST = str(Path(sys.executable).parent / "vst")
+WIDTH, HEIGHT = 128, 96
+STEP = (2, 1)  # the camera pans: content moves 2 px left and 1 px up per frame
+TEMPORAL = {"strength": 0.8}
+
+
+@pytest.fixture(scope="module")
+def photo(shared: Path) -> np.ndarray:
+    part = read_exr(shared / "exr/ScanLines/Desk.exr").parts[0]
+    return np.stack([part.channels[c] for c in "RGB"], axis=-1).astype(np.float32)
+
+
+def pan_frame(photo: np.ndarray, t: int, vectors: bool = False) -> Frame:
+    """Frame t of a pan over the photo, optionally with Nuke-style backward/forward motion vectors."""
+    x, y = 200 + STEP[0] * t, 300 + STEP[1] * t
+    crop = photo[y : y + HEIGHT, x : x + WIDTH]
+    channels = {c: np.ascontiguousarray(crop[..., i]).astype(np.float16) for i, c in enumerate("RGB")}
+    if vectors:  # backward: to frame t-1 (content was 2 px right, 1 px down there); v points up in Nuke
+        channels["backward.u"] = np.full((HEIGHT, WIDTH), STEP[0], np.float16)
+        channels["backward.v"] = np.full((HEIGHT, WIDTH), -STEP[1], np.float16)
+        channels["forward.u"] = np.full((HEIGHT, WIDTH), -STEP[0], np.float16)
+        channels["forward.v"] = np.full((HEIGHT, WIDTH), STEP[1], np.float16)
+    window = (0, 0, WIDTH - 1, HEIGHT - 1)
+    return Frame([Part(channels, window, window)])
+
+
+def rgb01(frame: Frame) -> np.ndarray:
+    """Lai et al. measure on RGB in 0..1: the sRGB-encoded, clipped colour."""
+    rgb = np.stack([frame.parts[0].channels[c] for c in "RGB"], axis=-1).astype(np.float32)
+    import torch
+
+    return srgb_encode(torch.from_numpy(rgb).clamp(0, 1)).numpy()
+
+
+def mean_warping_error(outputs: list[Frame]) -> float:
+    forward = np.zeros((HEIGHT, WIDTH, 2), np.float32)
+    forward[...] = (-STEP[0], -STEP[1])
+    valid = ~occlusion(forward, -forward)
+    errors = [warping_error(rgb01(a), rgb01(b), forward, valid) for a, b in zip(outputs, outputs[1:], strict=False)]
+    return float(np.mean(errors))
+
+
+def same(a: Frame, b: Frame) -> bool:
+    return all(np.array_equal(a.parts[0].channels[c], b.parts[0].channels[c]) for c in "RGB")
+
+
+def test_temporal_mode_lowers_the_warping_error_of_a_pan(server_address: str, photo: np.ndarray) -> None:
+    frames = [pan_frame(photo, t) for t in range(8)]
+    with Client(server_address, timeout=60) as client:
+        per_frame = [client.stylize(f, params={"style": 19}) for f in frames]
+        temporal = [
+            client.stylize(f, params={"style": 19}, sequence="pan", frame_number=t, temporal=TEMPORAL)
+            for t, f in enumerate(frames)
+        ]
+    before, after = mean_warping_error(per_frame), mean_warping_error(temporal)
+    print(f"warping error per-frame {before:.5f}, temporal {after:.5f}, ratio {after / before:.3f}")
+    assert after < 0.6 * before, (before, after)
+
+
+def test_host_motion_vectors_are_used_when_present(server_address: str, photo: np.ndarray) -> None:
+    frames = [pan_frame(photo, t, vectors=True) for t in range(6)]
+    with Client(server_address, timeout=60) as client:
+        per_frame = [client.stylize(f, params={"style": 7}) for f in frames]
+        with_vectors = [
+            client.stylize(f, params={"style": 7}, sequence="vec", frame_number=t, temporal=TEMPORAL)
+            for t, f in enumerate(frames)
+        ]
+        wrong_way = [
+            client.stylize(f, params={"style": 7}, sequence="up", frame_number=t, temporal={**TEMPORAL, "y_up": False})
+            for t, f in enumerate(frames)
+        ]
+    good = mean_warping_error(with_vectors)
+    assert good < 0.6 * mean_warping_error(per_frame)
+    assert good < mean_warping_error(wrong_way)  # the vectors were read, with Nuke's y-up convention
+
+
+def test_state_follows_frame_order_and_resets_on_jumps_repeats_and_scrubs(
+    server_address: str, photo: np.ndarray
+) -> None:
+    frames = {t: pan_frame(photo, t) for t in range(1, 7)}
+    with Client(server_address, timeout=60) as client:
+        alone = {t: client.stylize(f, params={"style": 3}) for t, f in frames.items()}
+
+        def temporal(t: int, sequence: str = "shot") -> Frame:
+            return client.stylize(frames[t], params={"style": 3}, sequence=sequence, frame_number=t, temporal=TEMPORAL)
+
+        assert same(temporal(1), alone[1])  # a sequence's first frame has nothing to blend
+        assert not same(temporal(2), alone[2])  # in order: the previous result is blended in
+        assert same(temporal(5), alone[5])  # a jump starts anew
+        assert same(temporal(5), alone[5])  # a repeated frame too
+        assert not same(temporal(6), alone[6])
+        assert same(temporal(4), alone[4])  # a scrub backwards starts anew
+        assert client.reset("shot") is True
+        assert same(temporal(5), alone[5])  # after a reset, the next frame starts anew
+
+
+def test_two_clients_on_two_sequences_keep_their_own_state(server_address: str, photo: np.ndarray) -> None:
+    pan = [pan_frame(photo, t) for t in range(3)]
+    other = [pan_frame(photo[::-1].copy(), t) for t in range(3)]  # a different picture, same sequence id
+    options = {"params": {"style": 11}, "sequence": "s", "temporal": TEMPORAL}
+    with Client(server_address, timeout=60) as first, Client(server_address, timeout=60) as second:
+        mixed = []
+        for t in range(3):  # interleaved, both in flight at once
+            a = first.submit(pan[t], frame_number=t, **options)
+            b = second.submit(other[t], frame_number=t, **options)
+            mixed.append((first.result(a), second.result(b)))
+    with Client(server_address, timeout=60) as alone:
+        reference = [alone.stylize(pan[t], frame_number=t, **options) for t in range(3)]
+    assert all(same(result, expected) for (result, _), expected in zip(mixed, reference, strict=True))
+
+
+def test_state_of_a_vanished_client_expires(photo: np.ndarray, vst_server) -> None:
+    with vst_server("--sequence-ttl", "1") as address:
+        frames = [pan_frame(photo, t) for t in range(2)]
+        with Client(address, timeout=120) as client:
+            alone = client.stylize(frames[1], params={"style": 2})
+            client.stylize(frames[0], params={"style": 2}, sequence="x", frame_number=0, temporal=TEMPORAL)
+            time.sleep(1.5)
+            late = client.stylize(frames[1], params={"style": 2}, sequence="x", frame_number=1, temporal=TEMPORAL)
+        assert same(late, alone)
+
+
+def test_temporal_needs_sequence_and_frame_numbers(server_address: str, photo: np.ndarray) -> None:
+    from vst_plugin import ServerError
+
+    with Client(server_address) as client:
+        with pytest.raises(ServerError, match="sequence"):
+            client.stylize(pan_frame(photo, 0), temporal=TEMPORAL)
+        with pytest.raises(ServerError, match="0..1"):
+            client.stylize(pan_frame(photo, 0), sequence="s", frame_number=1, temporal={"strength": 3})
+        assert {p["name"] for p in client.hello()["capabilities"]["temporal"]} >= {"strength", "preset", "y_up"}
+
+
+def test_render_temporal_and_eval_commands(server_address: str, photo: np.ndarray, tmp_path: Path) -> None:
+    from vst_plugin.exr import write_exr
+
+    for t in range(1, 7):
+        write_exr(pan_frame(photo, t), str(tmp_path / f"plate.{t:04d}.exr"))
+        flow = pan_frame(photo, t, vectors=True)
+        for name in "RGB":
+            del flow.parts[0].channels[name]
+        write_exr(flow, str(tmp_path / f"flow.{t:04d}.exr"))
+    common = ["--frames", "2-6", "--style", "19", "--server", server_address]
+    renders = {
+        "single": subprocess.run([VST, "render", str(tmp_path / "plate.####.exr"), str(tmp_path / "single.####.exr"),
+                                  *common], capture_output=True, text=True, timeout=600),
+        "temporal": subprocess.run([VST, "render", str(tmp_path / "plate.####.exr"), str(tmp_path / "temp.####.exr"),
+                                    *common, "--temporal", "--preroll", "1"], capture_output=True, text=True,
+                                   timeout=600),
+    }
+    for done in renders.values():
+        assert done.returncode == 0, done.stderr
+
+    def warping(pattern: str, *flow: str) -> float:
+        done = subprocess.run([VST, "eval", "temporal", str(tmp_path / pattern), "--frames", "2-6", *flow, "--json"],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        import json
+
+        report = json.loads(done.stdout)
+        assert [pair["frames"] for pair in report["pairs"]] == [[2, 3], [3, 4], [4, 5], [5, 6]]
+        return report["mean"]
+
+    gt = ("--gt-flow", str(tmp_path / "flow.####.exr"))
+    estimated = ("--flow-from", str(tmp_path / "plate.####.exr"))
+    assert warping("temp.####.exr", *gt) < 0.6 * warping("single.####.exr", *gt)
+    assert warping("temp.####.exr", *estimated) < 0.6 * warping("single.####.exr", *estimated)
+    missing = subprocess.run([VST, "eval", "temporal", str(tmp_path / "temp.####.exr"), "--frames", "2-6"],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "--flow-from" in missing.stderr
