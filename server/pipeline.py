@@ -27,6 +27,8 @@ class StylizeOptions:
     highlights: str = "preserve"
     layers: tuple[str, ...] | None = None
     premultiplied: bool = True
+    tile: int | None = None
+    """Tile side in pixels to force tiled execution (server/tiling.py); None: the model decides."""
 
     @classmethod
     def from_request(cls, header: dict[str, Any], default_model: str) -> StylizeOptions:
@@ -37,6 +39,7 @@ class StylizeOptions:
         highlights = header.get("highlights", "preserve")
         layers = header.get("layers")
         premultiplied = header.get("premultiplied", True)
+        tile = header.get("tile")
         if not isinstance(model, str) or not model:
             raise ProtocolError("bad_request", "'model' must be a model name (string)", header)
         if not isinstance(params, dict) or not all(isinstance(key, str) for key in params):
@@ -51,7 +54,10 @@ class StylizeOptions:
             raise ProtocolError("bad_request", "'layers' must be a non-empty list of layer names", header)
         if not isinstance(premultiplied, bool):
             raise ProtocolError("bad_request", "'premultiplied' must be true or false", header)
-        return cls(model, params, colorspace, highlights, tuple(layers) if layers else None, premultiplied)
+        if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 1):
+            raise ProtocolError("bad_request", "'tile' must be a tile side in pixels (a positive integer)", header)
+        layers = tuple(layers) if layers else None
+        return cls(model, params, colorspace, highlights, layers, premultiplied, tile)
 
 
 @dataclass(frozen=True)
@@ -148,7 +154,7 @@ def _run_network(
     """Linear (H, W, 3) float32 -> network (then `post` on its 0..1 output) -> linear (H, W, 3) float32."""
     linear = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].to(model.device)
     prepared = to_network(linear, options.highlights, encode=options.colorspace != RAW)
-    output = model.stylize(prepared.encoded, state=state, **params)
+    output = model.stylize(prepared.encoded, tile=options.tile, state=state, **params)
     if post is not None:
         output = post(output)
     return from_network(output, prepared)[0].permute(1, 2, 0).cpu().numpy()

@@ -78,6 +78,9 @@ class Worker(threading.Thread):
                 if not header["ok"]:
                     self.errors += 1
                     log.warning("request %s refused: %s", header["id"], header["error"]["message"])
+                    if job.header["op"] == "stylize" and isinstance(job.header.get("sequence"), str):
+                        # the memory now describes a frame before the failed one: the next starts anew
+                        self._sequences.reset(job.identity, job.header["sequence"])
                 results.send_multipart([job.identity, protocol.pack(header), *payload], copy=False)
         finally:
             results.close()
@@ -103,7 +106,8 @@ class Worker(threading.Thread):
             return protocol.error_reply(
                 job.header,
                 "model_error",
-                "the device ran out of memory for this frame; free GPU memory (unload models) or use a smaller frame",
+                "the device ran out of memory for this frame, even in tiles down to 32 px; free GPU memory "
+                "(unload models) or use a smaller frame",
             ), []
         except Exception as exc:  # a bug must reach the host as a reply, never kill the server
             log.exception("request %s failed", job.header.get("id"))

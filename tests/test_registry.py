@@ -55,7 +55,7 @@ def folders(tmp_path) -> tuple[Path, Path]:
 
 def test_available_lists_identity_builtins_then_folders(folders):
     registry = ModelRegistry(folders)
-    assert registry.available() == ["identity", "multistyle26", "candy", "mosaic", "udnie"]
+    assert registry.available() == ["identity", "arbitrary", "multistyle26", "candy", "mosaic", "udnie"]
     assert registry.loaded() == []  # listing loads nothing
 
 

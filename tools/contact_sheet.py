@@ -14,7 +14,6 @@ import os
 import sys
 
 import numpy as np
-import OpenImageIO as oiio
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,11 +21,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from server.colour import ColourSpaces, srgb_encode  # noqa: E402
 from server.models import load_model  # noqa: E402
 from server.pipeline import StylizeOptions, stylize_frame  # noqa: E402
+from tools.sheet import label, write_grid  # noqa: E402
 from vst_plugin.exr import read_exr  # noqa: E402
 from vst_plugin.frame import Frame  # noqa: E402
 
 TILE = 360
-LABEL = 28
 
 
 def display(frame: Frame, changed: dict | None = None) -> np.ndarray:
@@ -37,14 +36,6 @@ def display(frame: Frame, changed: dict | None = None) -> np.ndarray:
     height = round(TILE * rgb.shape[2] / rgb.shape[3])
     rgb = torch.nn.functional.interpolate(rgb, size=(height, TILE), mode="area")
     return srgb_encode(rgb.clamp(0, 1))[0].permute(1, 2, 0).numpy()
-
-
-def labelled(image: np.ndarray, text: str) -> np.ndarray:
-    tile = np.zeros((image.shape[0] + LABEL, image.shape[1], 3), np.float32)
-    tile[LABEL:] = image
-    buffer = oiio.ImageBuf(tile)
-    oiio.ImageBufAlgo.render_text(buffer, 8, LABEL - 8, text, 20, "", (1, 1, 1))
-    return buffer.get_pixels(oiio.FLOAT)
 
 
 def main() -> None:
@@ -59,22 +50,15 @@ def main() -> None:
     model = load_model("multistyle26", "cuda" if torch.cuda.is_available() else "cpu")
     colours = ColourSpaces()
     options = StylizeOptions("multistyle26", layers=("rgba",))
-    tiles = [labelled(display(plate), "original plate (lin_rec709)")]
+    tiles = [label(display(plate), "original plate (lin_rec709)")]
     for style in args.styles:
         params = model.validate({"style": style})
         changed = stylize_frame(plate, model, params, options, colours)
-        tiles.append(labelled(display(plate, changed), f"style {style}"))
+        tiles.append(label(display(plate, changed), f"style {style}"))
         print(f"style {style} done", flush=True)
     while len(tiles) % args.columns:
         tiles.append(np.zeros_like(tiles[0]))
-    rows = [np.concatenate(tiles[i : i + args.columns], axis=1) for i in range(0, len(tiles), args.columns)]
-    sheet = np.concatenate(rows, axis=0)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    out = oiio.ImageBuf(np.ascontiguousarray(sheet))
-    if not out.write(args.out, oiio.UINT8):
-        raise SystemExit(f"cannot write {args.out}: {out.geterror()}")
-    print(f"wrote {args.out} ({sheet.shape[1]}x{sheet.shape[0]})")
-
+    write_grid([tiles[i : i + args.columns] for i in range(0, len(tiles), args.columns)], args.out)
 
 if __name__ == "__main__":
     main()

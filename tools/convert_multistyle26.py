@@ -90,6 +90,13 @@ byte-identical from run to run):
 """
 
 
+def other_sections() -> str:
+    """The sections of NOTICE.md after this file's own (other built-in weights), kept as they are."""
+    text = NOTICE.read_text() if NOTICE.is_file() else ""
+    start = text.find("\n## ", text.find("## multistyle26.safetensors") + 1)
+    return "\n" + text[start + 1 :] if start >= 0 else ""
+
+
 def main() -> None:
     source = source_path()
     version = metadata.version(PACKAGE)
@@ -108,7 +115,7 @@ def main() -> None:
     if written.keys() != tensors.keys() or not all(np.array_equal(written[k], v) for k, v in tensors.items()):
         raise SystemExit(f"{OUTPUT} does not read back as the source tensors")
     output_sha = hashlib.sha256(blob).hexdigest()
-    NOTICE.write_text(notice(version, source_sha, output_sha))
+    NOTICE.write_text(notice(version, source_sha, output_sha) + other_sections())
     print(f"wrote {OUTPUT} ({len(blob)} bytes, {len(tensors)} tensors, sha256 {output_sha})")
     print(f"wrote {NOTICE}")
 

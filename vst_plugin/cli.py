@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--model", default=None, help="model name or checkpoint path (default: the server's)")
     render.add_argument("--style", default=None, help="style of the built-in network: 7, or a blend 3:0.5,12:0.5")
     render.add_argument("--strength", type=float, default=None, help="mix of stylized and original, 0..1")
+    render.add_argument("--style-image", default=None, metavar="PATH",
+                        help="style from any picture (EXR, PNG, JPEG): the arbitrary model unless --model is given")
+    render.add_argument("--style-image-b", default=None, metavar="PATH", help="second style picture, see --style-mix")
+    render.add_argument("--style-mix", type=float, default=None, metavar="X",
+                        help="0: --style-image alone .. 1: --style-image-b alone")
     render.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="any other model parameter (value read as JSON when it parses)")
     render.add_argument("--input-colorspace", default=protocol.DEFAULT_COLORSPACE, metavar="NAME",
@@ -92,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what happens to values outside 0..1 (default preserve)")
     render.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
                         help="layers to stylize (default: main RGBA of every part and view)")
+    render.add_argument("--tile", type=int, default=None, metavar="N",
+                        help="run each frame in N-pixel tiles with whole-frame statistics (same result, "
+                        "less GPU memory; default: only when a frame does not fit)")
     render.add_argument("--in-flight", type=int, default=2, help="frames sent ahead of the one being written")
     render.add_argument("--temporal", type=float, nargs="?", const=0.8, default=None, metavar="STRENGTH",
                         help="blend the previous result warped along the motion, 0..1 (flag alone: 0.8)")
@@ -115,6 +123,25 @@ def build_parser() -> argparse.ArgumentParser:
     temporal.add_argument("--preset", default="medium", choices=("ultrafast", "fast", "medium"))
     temporal.add_argument("--y-down", action="store_true", help="flow v points down (default: up, as in Nuke)")
     temporal.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    export = commands.add_parser(
+        "export",
+        help="write a model as TorchScript (Nuke CatFileCreator) or ONNX",
+        description="The file takes one scene-linear RGB tensor [1,3,H,W] of any size and returns the stylized "
+        "scene-linear RGB; colour handling (preserve highlights, sRGB), padding and the chosen style and strength "
+        "are inside it. Runs here (needs torch), no server.",
+    )
+    export.add_argument("model", help="model name or checkpoint path")
+    export.add_argument("--format", required=True, choices=("torchscript", "onnx"))
+    export.add_argument("-o", "--output", required=True, type=Path, help="file to write (.pt / .onnx)")
+    export.add_argument("--style", default=None, help="style to bake in: 7, or a blend 3:0.5,12:0.5")
+    export.add_argument("--strength", type=float, default=None, help="mix of stylized and original, 0..1")
+    export.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="any other model parameter to bake in (value read as JSON when it parses)")
+    export.add_argument(
+        "--models-dir", action="append", type=Path, default=[], metavar="DIR",
+        help="extra folder of model checkpoints (repeatable)",
+    )
 
     convert = commands.add_parser(
         "convert-stylegan",
@@ -170,7 +197,17 @@ def render_params(args: argparse.Namespace) -> dict[str, Any]:
         params["style"] = args.style
     if args.strength is not None:
         params["strength"] = args.strength
+    for name in ("style_image", "style_image_b"):
+        if getattr(args, name, None):  # the server shares this machine's files; send absolute paths
+            params[name] = str(Path(getattr(args, name)).expanduser().absolute())
+    if getattr(args, "style_mix", None) is not None:
+        params["style_mix"] = args.style_mix
     return params
+
+
+def render_model(args: argparse.Namespace) -> str | None:
+    """--model, or the arbitrary-style model when --style-image is given without one."""
+    return args.model if args.model or not getattr(args, "style_image", None) else "arbitrary"
 
 
 def render_temporal(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -233,12 +270,13 @@ def run_render(args: argparse.Namespace) -> int:
         shown = ", ".join(f"{n} ({inputs[n]})" for n in missing[:5])
         raise CommandError(f"{len(missing)} input frame(s) missing: {shown}{' ...' if len(missing) > 5 else ''}")
     options = StyleOptions(
-        model=args.model,
+        model=render_model(args),
         params=render_params(args),
         colorspace=args.input_colorspace,
         highlights=args.highlights,
         layers=tuple(args.layers) if args.layers else None,
         temporal=render_temporal(args),
+        tile=args.tile,
     )
     input_path = partial(frame_path, args.input) if has_frame_token(args.input) else (lambda _: args.input)
     preroll = available_preroll(frames, args.preroll, input_path)
@@ -259,6 +297,37 @@ def run_render(args: argparse.Namespace) -> int:
         except JobError as exc:
             raise CommandError(str(exc)) from None
     print(f"wrote {len(frames)} frame(s) to {os.path.dirname(os.path.abspath(outputs[frames[0]]))}")
+    return 0
+
+
+def export_params(args: argparse.Namespace) -> dict[str, Any]:
+    """Parameters to bake into an export, from --param, --style and --strength."""
+    params: dict[str, Any] = {}
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise CommandError(f"--param {item!r}: use NAME=VALUE")
+        with contextlib.suppress(json.JSONDecodeError):
+            value = json.loads(value)
+        params[name] = value
+    if args.style is not None:
+        params["style"] = args.style
+    if args.strength is not None:
+        params["strength"] = args.strength
+    return params
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Write a model with its parameters baked in as TorchScript or ONNX."""
+    from server.export import export
+    from server.models import ModelError, ModelRegistry
+
+    try:
+        model = ModelRegistry(tuple(args.models_dir), "cpu").get(args.model)
+        path = export(model, args.output, args.format, **export_params(args))
+    except ModelError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"wrote {path}: {model.name} ({model.family}) as {args.format}; input and output scene-linear RGB [1,3,H,W]")
     return 0
 
 
@@ -336,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": run_models,
         "render": run_render,
         "eval": run_eval,
+        "export": run_export,
         "convert-stylegan": run_convert_stylegan,
     }
     try:

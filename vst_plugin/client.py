@@ -111,7 +111,7 @@ class Client:
         """Stylize a frame and return a new Frame; channels the server did not change are the input's.
 
         Options are the stylize request fields of docs/protocol.md: model, params, colorspace,
-        highlights, layers, premultiplied, sequence, frame_number, temporal.
+        highlights, layers, premultiplied, sequence, frame_number, temporal, tile.
         """
         return self.result(self.submit(frame, **options))
 
@@ -194,7 +194,8 @@ class Client:
 def _fields(options: dict[str, Any]) -> dict[str, Any]:
     """Stylize options as request fields, dropping the ones left at None."""
     allowed = {
-        "model", "params", "colorspace", "highlights", "layers", "premultiplied", "sequence", "frame_number", "temporal"
+        "model", "params", "colorspace", "highlights", "layers", "premultiplied", "sequence", "frame_number",
+        "temporal", "tile",
     }
     unknown = set(options) - allowed
     if unknown:

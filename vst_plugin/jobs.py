@@ -77,6 +77,8 @@ class StyleOptions:
     layers: tuple[str, ...] | None = None
     temporal: dict[str, Any] | None = None
     """Temporal mode options (docs/protocol.md), e.g. {"strength": 0.8}; None: frames independent."""
+    tile: int | None = None
+    """Force tiled execution with tiles of this many pixels (docs/protocol.md); None: the server decides."""
 
     def fields(self) -> dict[str, Any]:
         """The options as `Client.submit` keyword arguments."""
@@ -87,11 +89,15 @@ class StyleOptions:
             "highlights": self.highlights,
             "layers": list(self.layers) if self.layers else None,
             "temporal": dict(self.temporal) if self.temporal else None,
+            "tile": self.tile,
         }
 
     def canonical(self) -> str:
         """Canonical JSON of the options (sorted keys, no spaces): equal options give equal text."""
-        return json.dumps(self.fields(), sort_keys=True, separators=(",", ":"))
+        fields = self.fields()
+        if fields["tile"] is None:  # keys written before `tile` existed stay valid
+            del fields["tile"]
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True)

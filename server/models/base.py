@@ -3,11 +3,14 @@
 A family module (`multistyle`, `fast_neural_style`, ...) turns a state dict into a `ModelDescriptor`:
 an `nn.Module` plus what the host needs to know to drive it. `StyleModel` wraps a descriptor with
 everything that is the same for all families: parameter validation, padding to the network's size
-multiple, dtype and device handling, and the generic `strength` mix.
+multiple, dtype and device handling, the generic `strength` mix, and running a frame in tiles when it
+does not fit the device (server/tiling.py): on request (`tile=`), when the frame's estimated memory is
+over the budget, or as a retry after a CUDA out-of-memory error.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,7 +20,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-PARAM_TYPES = ("float", "int", "bool", "choice", "string", "style_mix")
+from ..tiling import Plan, default_tile, device_bytes, run_plan
+
+log = logging.getLogger("vst.server")
+
+PARAM_TYPES = ("float", "int", "bool", "choice", "string", "style_mix", "image")  # image: a file path on the server
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -81,7 +88,7 @@ class Param:
             if self.choices is None or text not in self.choices:
                 raise ParamError(f"{self.name}: {value!r} is not one of {', '.join(self.choices or ())}")
             return text
-        if self.type == "string":
+        if self.type in ("string", "image"):
             if not isinstance(value, str):
                 raise ParamError(f"{self.name}: expected text, got {value!r}")
             return value
@@ -166,6 +173,10 @@ def parse_style_mix(param: Param, value: Any) -> tuple[float, ...]:
 
 
 Runner = Callable[[torch.nn.Module, torch.Tensor, dict[str, Any]], torch.Tensor]
+Planner = Callable[[torch.nn.Module, dict[str, Any]], Plan]
+
+MIN_TILE = 32
+"""The smallest tile side an out-of-memory retry halves down to before it gives up."""
 
 
 @dataclass
@@ -183,6 +194,8 @@ class ModelDescriptor:
     """(module, sRGB 0..1 [N,3,H,W] already padded, validated values) -> sRGB 0..1, same size."""
     model_type: type[StyleModel] | None = None
     """The `StyleModel` subclass that serves this family (one with a wider API); None: StyleModel."""
+    plan: Planner | None = None
+    """(module, validated values) -> the network as tiling steps (server/tiling.py); None: never tiled."""
 
     def build(self, name: str, device: torch.device, dtype: torch.dtype) -> StyleModel:
         """Wrap the network in its model class on a device."""
@@ -191,6 +204,9 @@ class ModelDescriptor:
 
 class StyleModel:
     """A loaded model on a device, ready to stylize tensors of any size."""
+
+    memory_budget: int | None = None
+    """Device bytes a frame's activations may take before it is tiled; None: free CUDA memory / no limit."""
 
     def __init__(self, name: str, descriptor: ModelDescriptor, device: torch.device, dtype: torch.dtype):
         if dtype != torch.float32 and not descriptor.supports_half:
@@ -205,6 +221,7 @@ class StyleModel:
         self.dtype = dtype
         self._module = descriptor.module.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self._run = descriptor.run
+        self._plan = descriptor.plan
 
     def __repr__(self) -> str:
         return f"StyleModel({self.name!r}, family={self.family!r}, device={self.device}, dtype={self.dtype})"
@@ -220,8 +237,22 @@ class StyleModel:
             )
         return {name: param.coerce(params.get(name, param.default)) for name, param in known.items()}
 
-    def stylize(self, rgb: torch.Tensor, *, state: dict[str, Any] | None = None, **params: Any) -> torch.Tensor:
+    def stylize(
+        self,
+        rgb: torch.Tensor,
+        *,
+        tile: int | None = None,
+        state: dict[str, Any] | None = None,
+        **params: Any,
+    ) -> torch.Tensor:
         """Stylize sRGB-encoded 0..1 images [N,3,H,W] of any size; returns float32 on rgb's device.
+
+        `tile` (pixels) runs the frame layer by layer in tiles of that side with whole-frame
+        normalisation statistics (server/tiling.py; same result as untiled up to float rounding).
+        None decides: untiled, unless the frame's estimated activations exceed `memory_budget`
+        (default: the free memory of a CUDA device; no limit on the CPU), or a CUDA out-of-memory
+        error retries it in tiles, halving the side until it fits. Families without a tiling plan
+        (StyleGAN2, identity) ignore `tile`.
 
         `state` is the memory of one sequence (a dict kept by the caller from frame to frame) for
         models that use the previous frames; the others ignore it.
@@ -231,6 +262,8 @@ class StyleModel:
             raise ValueError(f"{self.name}: expected a float tensor [N,3,H,W], got {shape}")
         if rgb.shape[0] == 0 or rgb.shape[2] == 0 or rgb.shape[3] == 0:
             raise ValueError(f"{self.name}: empty image {tuple(rgb.shape)}")
+        if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < MIN_TILE):
+            raise ParamError(f"tile: {tile!r} is not a tile size; use a whole number of pixels >= {MIN_TILE}")
         values = self.validate(params)
         strength = values["strength"]
         if strength == 0:
@@ -238,10 +271,60 @@ class StyleModel:
         height, width = rgb.shape[2:]
         with torch.inference_mode():
             x = _pad(rgb.to(device=self.device, dtype=self.dtype), self.size_multiple, self.min_size)
-            y = self._forward(x, values, state)[:, :, :height, :width]
+            y = self._forward_fitted(x, values, state, tile)[:, :, :height, :width]
         with torch.no_grad():  # copied out of inference mode: the caller gets an ordinary tensor
             y = y.to(device=rgb.device, dtype=torch.float32, copy=True)
             return y if strength == 1 else torch.lerp(rgb.to(torch.float32), y, strength)
+
+    def _forward_fitted(
+        self, x: torch.Tensor, values: dict[str, Any], state: dict[str, Any] | None, tile: int | None
+    ) -> torch.Tensor:
+        """Run the network untiled or in tiles, whichever fits (see `stylize`)."""
+        if self._plan is None:
+            return self._forward(x, values, state)
+        if tile is None:
+            tile = self._automatic_tile(x, values)
+        if tile is None:
+            try:
+                return self._forward(x, values, state)
+            except torch.OutOfMemoryError:
+                tile = default_tile(*x.shape[2:])
+                log.warning("%s: out of device memory on a %dx%d frame; retrying in tiles of %d px",
+                            self.name, x.shape[3], x.shape[2], tile)
+                _release_cached(self.device)
+        while True:
+            try:
+                return self._run_tiled(x, values, tile)
+            except torch.OutOfMemoryError:
+                if tile // 2 < MIN_TILE:
+                    raise
+                _release_cached(self.device)
+                log.warning("%s: out of device memory in tiles of %d px; retrying with %d px",
+                            self.name, tile, tile // 2)
+                tile //= 2
+
+    def _automatic_tile(self, x: torch.Tensor, values: dict[str, Any]) -> int | None:
+        """None when the frame fits the memory budget, else the largest power-of-two tile that does."""
+        budget = self.memory_budget
+        if budget is None and self.device.type == "cuda":
+            budget = int(torch.cuda.mem_get_info(self.device)[0] * 0.8)
+        if budget is None:
+            return None
+        plan = self._plan(self._module, values)
+        itemsize = self.dtype.itemsize
+        needed = device_bytes(plan, x.shape, itemsize)
+        if needed <= budget:
+            return None
+        tile = default_tile(*x.shape[2:])
+        while tile // 2 >= MIN_TILE and device_bytes(plan, (x.shape[0], 3, tile + 16, tile + 16), itemsize) > budget:
+            tile //= 2
+        log.info("%s: a %dx%d frame needs about %.0f MiB of device memory, over the %.0f MiB budget; "
+                 "tiles of %d px", self.name, x.shape[3], x.shape[2], needed / 2**20, budget / 2**20, tile)
+        return tile
+
+    def _run_tiled(self, x: torch.Tensor, values: dict[str, Any], tile: int) -> torch.Tensor:
+        """The network layer by layer in tiles (server/tiling.py), activations kept in CPU memory."""
+        return run_plan(self._plan(self._module, values), x, tile, self.device, self.dtype).to(self.device)
 
     def _forward(self, x: torch.Tensor, values: dict[str, Any], state: dict[str, Any] | None) -> torch.Tensor:
         """Run the network on a padded batch (in inference mode); `state` is for temporal subclasses."""
@@ -261,6 +344,12 @@ class StyleModel:
             "size_multiple": self.size_multiple,
             "supports_half": self.supports_half,
         }
+
+
+def _release_cached(device: torch.device) -> None:
+    """Give cached CUDA blocks back before a retry, so the smaller attempt can use them."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _pad(x: torch.Tensor, multiple: int, min_size: int) -> torch.Tensor:

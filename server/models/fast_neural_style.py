@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..tiling import Act, Add, Conv, Norm, Plan, Push
 from .base import ModelDescriptor
 
 FAMILY = "fast_neural_style"
@@ -110,6 +111,25 @@ def _run(module: nn.Module, x: torch.Tensor, values: dict[str, Any]) -> torch.Te
     return (module(x * 255) / 255).clamp(0, 1)
 
 
+def _steps(conv: ReflectConv, norm: nn.InstanceNorm2d | None = None, relu: bool = True) -> Plan:
+    steps: Plan = [Conv(conv.conv2d.weight, conv.conv2d.bias, conv.conv2d.stride[0], conv.upsample)]
+    if norm is not None:
+        steps.append(Norm(norm.weight, norm.bias, norm.eps))
+    return steps + ([Act("relu")] if relu else [])
+
+
+def plan(module: nn.Module, values: dict[str, Any]) -> Plan:
+    """The network as tiling steps (server/tiling.py), with `_run`'s scaling to and from 0..255."""
+    net: TransformerNet = module
+    steps: Plan = [Act("scale", 255.0)]
+    steps += _steps(net.conv1, net.in1) + _steps(net.conv2, net.in2) + _steps(net.conv3, net.in3)
+    for i in range(1, net.blocks + 1):
+        block: ResidualBlock = net.get_submodule(f"res{i}")
+        steps += [Push(), *_steps(block.conv1, block.in1), *_steps(block.conv2, block.in2, relu=False), Add()]
+    steps += _steps(net.deconv1, net.in4) + _steps(net.deconv2, net.in5) + _steps(net.deconv3, relu=False)
+    return steps + [Act("scale", 1 / 255), Act("clamp", 1.0)]
+
+
 def load(state_dict: dict[str, torch.Tensor]) -> ModelDescriptor:
     """Build the network with channel widths and residual blocks taken from the shapes."""
     weights = {key: value for key, value in state_dict.items() if not _UNUSED_NORM_STATS.search(key)}
@@ -124,4 +144,5 @@ def load(state_dict: dict[str, torch.Tensor]) -> ModelDescriptor:
         min_size=16,
         supports_half=True,
         run=_run,
+        plan=plan,
     )

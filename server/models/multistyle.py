@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..tiling import Act, Add, Conv, Norm, Plan, Push
 from .base import ModelDescriptor, Param
 
 FAMILY = "multistyle"
@@ -117,6 +118,28 @@ def _run(module: nn.Module, x: torch.Tensor, values: dict[str, Any]) -> torch.Te
     return module(x, style)
 
 
+def _layer_steps(layer: ConvNormLayer, style: torch.Tensor) -> Plan:
+    steps: Plan = [
+        Conv(layer.w, stride=layer.stride, upsample=layer.upsample),
+        Norm(style @ layer.norm.gamma, style @ layer.norm.beta, eps=1e-5),
+    ]
+    return steps + ([Act(layer.activation)] if layer.activation in ("relu", "sigmoid") else [])
+
+
+def plan(module: nn.Module, values: dict[str, Any]) -> Plan:
+    """The network as tiling steps (server/tiling.py), the style blend baked into the norms."""
+    weight = module.contract[0].w
+    style = torch.tensor(values["style"], dtype=weight.dtype, device=weight.device)
+    steps: Plan = []
+    for layer in module.contract:
+        steps += _layer_steps(layer, style)
+    for first, second in module.res:
+        steps += [Push(), *_layer_steps(first, style), *_layer_steps(second, style), Add()]
+    for layer in module.expand:
+        steps += _layer_steps(layer, style)
+    return steps
+
+
 def load(state_dict: dict[str, torch.Tensor]) -> ModelDescriptor:
     """Build the network with channel counts, residual blocks and styles taken from the shapes."""
     net = MultiStyleNet({key: tensor.shape for key, tensor in state_dict.items()})
@@ -136,4 +159,5 @@ def load(state_dict: dict[str, torch.Tensor]) -> ModelDescriptor:
         min_size=16,
         supports_half=True,
         run=_run,
+        plan=plan,
     )
