@@ -49,8 +49,7 @@ def _vectors(frame: Frame, name: str, y_up: bool) -> np.ndarray:
     channels = frame.parts[0].channels
     if f"{name}.u" not in channels or f"{name}.v" not in channels:
         raise EvaluationError(f"the flow file has no {name}.u / {name}.v channels")
-    sign = -1.0 if y_up else 1.0
-    return np.stack([channels[f"{name}.u"].astype(np.float32), sign * channels[f"{name}.v"].astype(np.float32)], -1)
+    return flow.from_vectors(channels[f"{name}.u"], channels[f"{name}.v"], y_up)
 
 
 def pair_flows(

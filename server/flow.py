@@ -24,6 +24,12 @@ def gray8(rgb: np.ndarray) -> np.ndarray:
     return (np.power(luma, 1 / 2.2) * 255 + 0.5).astype(np.uint8)
 
 
+def from_vectors(u: np.ndarray, v: np.ndarray, y_up: bool) -> np.ndarray:
+    """A flow field from motion vector planes in pixels; `y_up` (Nuke's convention) flips v."""
+    sign = -1.0 if y_up else 1.0
+    return np.stack([u.astype(np.float32), sign * v.astype(np.float32)], axis=-1)
+
+
 def dis_flow(source: np.ndarray, target: np.ndarray, preset: str = "fast") -> np.ndarray:
     """DIS optical flow from `source` to `target` (8-bit grey images of one size)."""
     dis = cv2.DISOpticalFlow_create(PRESETS[preset])

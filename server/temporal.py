@@ -179,8 +179,7 @@ def _vectors(frame: Frame, layer: ColourLayer, name: str, options: TemporalOptio
     prefix = layer.rgb[0][:-1]  # "" or "left."
     for u, v in ((f"{name}.{prefix}u", f"{name}.{prefix}v"), (f"{name}.u", f"{name}.v")):
         if u in channels and v in channels:
-            sign = -1.0 if options.y_up else 1.0
-            return np.stack([channels[u].astype(np.float32), sign * channels[v].astype(np.float32)], axis=-1)
+            return flow.from_vectors(channels[u], channels[v], options.y_up)
     return None
 
 

@@ -183,7 +183,7 @@ def connect(args: argparse.Namespace) -> Iterator[Client]:
 
 
 def render_params(args: argparse.Namespace) -> dict[str, Any]:
-    """Model parameters from --style, --strength and --param."""
+    """Model parameters from --param, --style, --strength and the style-image options (render and export)."""
     params: dict[str, Any] = {}
     for item in args.param:
         name, sep, value = item.partition("=")
@@ -300,23 +300,6 @@ def run_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def export_params(args: argparse.Namespace) -> dict[str, Any]:
-    """Parameters to bake into an export, from --param, --style and --strength."""
-    params: dict[str, Any] = {}
-    for item in args.param:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise CommandError(f"--param {item!r}: use NAME=VALUE")
-        with contextlib.suppress(json.JSONDecodeError):
-            value = json.loads(value)
-        params[name] = value
-    if args.style is not None:
-        params["style"] = args.style
-    if args.strength is not None:
-        params["strength"] = args.strength
-    return params
-
-
 def run_export(args: argparse.Namespace) -> int:
     """Write a model with its parameters baked in as TorchScript or ONNX."""
     from server.export import export
@@ -324,7 +307,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     try:
         model = ModelRegistry(tuple(args.models_dir), "cpu").get(args.model)
-        path = export(model, args.output, args.format, **export_params(args))
+        path = export(model, args.output, args.format, **render_params(args))
     except ModelError as exc:
         raise CommandError(str(exc)) from None
     print(f"wrote {path}: {model.name} ({model.family}) as {args.format}; input and output scene-linear RGB [1,3,H,W]")
