@@ -220,7 +220,7 @@ def test_training_checkpoint_with_args_and_optimisers_loads(tmp_path):
     args = argparse.Namespace(path="lmdb", size=16, iter=800000, batch=16, r1=10.0, arch="stylegan2", augment=False)
     path = tmp_path / "080000.pt"
     torch.save(
-        {"g": generator.state_dict(), "d": d.state_dict(), "g_ema": generator.state_dict(),
+        {"g": random_generator(16, seed=6).state_dict(), "d": d.state_dict(), "g_ema": generator.state_dict(),
          "g_optim": optimiser.state_dict(), "d_optim": optimiser.state_dict(), "args": args, "ada_aug_p": 0.25},
         path,
     )
@@ -230,7 +230,20 @@ def test_training_checkpoint_with_args_and_optimisers_loads(tmp_path):
     assert model.family == "stylegan2" and model.n_latent == 6
     with torch.no_grad():  # no latent_avg in training checkpoints: the mean of mapped z stands in
         expected = generator.map(torch.randn(4096, 32, generator=torch.Generator().manual_seed(0))).mean(0)
-    assert torch.allclose(model.latent_avg, expected, atol=1e-5)
+    assert torch.allclose(model.latent_avg, expected, atol=1e-5)  # g_ema's, not g's
+
+
+def test_fine_tunes_keeping_only_g_and_data_parallel_keys_load(tmp_path):
+    generator = random_generator(16, seed=7)
+    wplus = torch.randn(1, 6, 32, generator=torch.Generator().manual_seed(8))
+    torch.save({"g": generator.state_dict()}, tmp_path / "jojo.pt")  # as JoJoGAN saves its style models
+    torch.save({"state_dict": {f"module.{k}": v for k, v in generator.state_dict().items()}}, tmp_path / "ddp.pt")
+
+    with torch.no_grad():
+        expected = generator.synthesize(wplus, generator.constant_noise())
+        for name in ("jojo.pt", "ddp.pt"):
+            model = load_model(str(tmp_path / name))
+            assert torch.equal(model.synthesize(wplus), expected), name
 
 
 def test_a_recipe_with_mismatched_generators_is_refused(tmp_path):

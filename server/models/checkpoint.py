@@ -26,19 +26,40 @@ ALLOWED_GLOBALS: tuple[Any, ...] = (argparse.Namespace,)
 ``argparse.Namespace`` holds the training options in StyleGAN2 (rosinality) training checkpoints;
 rebuilding one only sets attributes to plain values."""
 
-WRAPPER_KEYS = ("state_dict", "model", "g_ema")
+WRAPPER_KEYS = ("state_dict", "model", "g_ema", "g")
 """Keys under which training scripts store the weights inside a larger dict: ``state_dict``
-(PyTorch Lightning and many training loops), ``model`` (common training loops), ``g_ema``
-(StyleGAN2 checkpoints: the averaged generator). The first present, holding a dict, is used."""
+(PyTorch Lightning, pSp, e4e and many training loops), ``model`` (common training loops), ``g_ema``
+(StyleGAN2 checkpoints: the averaged generator), ``g`` (JoJoGAN and other fine-tunes that keep only
+the generator). The first present, holding a dict, is used."""
 
-COMPANION_TENSORS = {"g_ema": ("latent_avg",)}
-"""Tensors stored beside a wrapper key that belong to its model; they are added to its state dict."""
+PARALLEL_PREFIX = "module."
+"""Prefix that saving a DataParallel / DistributedDataParallel wrapper adds to every key; removed."""
+
+COMPANION_TENSORS = {"g_ema": ("latent_avg",), "g": ("latent_avg",), "state_dict": ("latent_avg",)}
+"""Tensors stored beside a wrapper key that belong to its model; they are added to its state dict
+(StyleGAN2 and pSp / e4e checkpoints keep the average latent there)."""
+
+OPTION_KEYS = ("opts", "args")
+"""Keys under which training scripts store their options beside the weights: ``opts`` (pSp, e4e),
+``args`` (StyleGAN2 training checkpoints). The first present becomes `StateDict.options`."""
+
+
+class StateDict(dict):
+    """Tensors by name, plus `options`: the plain training options saved beside them (empty if none).
+
+    Most families need only the tensors; a family whose keys leave the architecture open (pSp and
+    e4e encoders share theirs) reads the option that settles it.
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor], options: dict[str, Any] | None = None):
+        super().__init__(tensors)
+        self.options = options or {}
 
 _GLOBAL = re.compile(r"GLOBAL (\S+)")
 _READ_ERRORS = (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile)
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path) -> StateDict:
     """Return the tensors of a checkpoint on the CPU, with half precision widened to float32."""
     path = Path(path)
     if not path.is_file():
@@ -50,6 +71,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise ModelError(f"cannot read {path}: not a valid safetensors file ({error})") from None
     else:
         data = _torch_load(path)
+    options = _options(data)
     if isinstance(data, dict):
         wrapper = next((key for key in WRAPPER_KEYS if isinstance(data.get(key), dict)), None)
         if wrapper is not None:
@@ -60,7 +82,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     tensors = {key: value for key, value in items if torch.is_tensor(value)}
     if not tensors:
         raise ModelError(f"{path} holds no state dict (names mapped to tensors) but a {type(data).__name__}")
-    return {key: _widen(value) for key, value in tensors.items()}
+    if all(key.startswith(PARALLEL_PREFIX) for key in tensors):
+        tensors = {key.removeprefix(PARALLEL_PREFIX): value for key, value in tensors.items()}
+    return StateDict({key: _widen(value) for key, value in tensors.items()}, options)
+
+
+def _options(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {}
+    found = next((data[key] for key in OPTION_KEYS if key in data), None)
+    if isinstance(found, argparse.Namespace):
+        found = vars(found)
+    return dict(found) if isinstance(found, dict) else {}
 
 
 def _torch_load(path: Path) -> Any:

@@ -361,16 +361,36 @@ class Generator(nn.Module):
 # -- the family interface -------------------------------------------------------------------------------
 
 
-def detect(state_dict: Mapping[str, torch.Tensor]) -> bool:
+def is_generator(state_dict: Mapping[str, torch.Tensor]) -> bool:
     """True if the keys are those of a rosinality StyleGAN2 generator."""
     return all(key in state_dict for key in _REQUIRED) and state_dict["conv1.conv.weight"].ndim == 5
 
 
-def build_generator(state_dict: Mapping[str, torch.Tensor]) -> tuple[Generator, torch.Tensor]:
-    """Build a generator from a rosinality state dict; returns it and its average w.
+def part(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries under ``prefix.``, with the prefix removed (a pSp checkpoint's ``encoder`` or ``decoder``)."""
+    start = prefix + "."
+    return {key[len(start):]: value for key, value in state_dict.items() if key.startswith(start)}
 
-    The average is the checkpoint's ``latent_avg`` when present, else the mean of 4096 mapped z.
+
+def is_encoder_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """True for a pSp / e4e checkpoint: an encoder and a rosinality generator under ``decoder.``."""
+    return "encoder.input_layer.0.weight" in state_dict and is_generator(part(state_dict, "decoder"))
+
+
+def detect(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """True for a rosinality StyleGAN2 generator, or a pSp / e4e checkpoint (encoder plus generator)."""
+    return is_generator(state_dict) or is_encoder_checkpoint(state_dict)
+
+
+def build_generator(state_dict: Mapping[str, torch.Tensor]) -> tuple[Generator, torch.Tensor]:
+    """Build a generator from a rosinality state dict (or a pSp / e4e checkpoint's decoder); returns it and
+    its average w.
+
+    The average is the checkpoint's ``latent_avg`` when present (pSp stores it once per W+ row), else the
+    mean of 4096 mapped z.
     """
+    if is_encoder_checkpoint(state_dict):
+        state_dict = {**part(state_dict, "decoder"), **{k: v for k, v in state_dict.items() if k == "latent_avg"}}
     weights = {key: value for key, value in state_dict.items() if key != "latent_avg"}
     generator = Generator(GeneratorConfig.from_state_dict(weights))
     generator.load_state_dict(weights)
@@ -379,14 +399,18 @@ def build_generator(state_dict: Mapping[str, torch.Tensor]) -> tuple[Generator, 
         z = torch.randn(4096, generator.config.style_dim, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             latent_avg = generator.map(z).mean(0)
-    return generator.eval().requires_grad_(False), latent_avg.reshape(-1).float()
+    latent_avg = latent_avg.float().reshape(-1, generator.config.style_dim).mean(0)
+    return generator.eval().requires_grad_(False), latent_avg
 
 
 def load(state_dict: dict[str, torch.Tensor]) -> ModelDescriptor:
-    """A single generator served as a plate model: inverted into and synthesized by itself."""
-    from server.stylegan.plate import plate_descriptor  # the plate path builds on this module
+    """A single file served as a plate model: a generator inverted into and synthesized by itself, or a
+    pSp / e4e checkpoint whose encoder starts the inversion into its decoder."""
+    from server.stylegan.plate import encoder_of, plate_descriptor  # the plate path builds on this module
 
-    return plate_descriptor(*build_generator(state_dict))
+    base, latent_avg = build_generator(state_dict)
+    encoder = encoder_of(state_dict, base) if is_encoder_checkpoint(state_dict) else None
+    return plate_descriptor(base, latent_avg, encoder=encoder)
 
 
 def load_recipe(recipe: dict[str, Any], folder: Path) -> ModelDescriptor:

@@ -6,14 +6,17 @@ sequence), smooth the latent over time, optionally take the fine layers from a s
 image's latent, synthesize with the style generator (or a toonify layer-swap blend of base and
 style), resize back and composite into the region with a feathered edge.
 
-A single rosinality checkpoint is both base and style generator. A recipe (``NAME.json`` in a
-model folder) combines files, paths relative to the recipe::
+A single rosinality checkpoint is both base and style generator; a single pSp / e4e checkpoint
+adds its encoder, whose latent starts each frame's inversion. A recipe (``NAME.json`` in a model
+folder) combines files, paths relative to the recipe::
 
-    {"family": "stylegan2", "base": "ffhq256.pt", "style": "toon256.pt", "vgg": "vgg16.pth"}
+    {"family": "stylegan2", "base": "ffhq256.pt", "style": "toon256.pt", "encoder": "e4e_ffhq.pt",
+     "vgg": "vgg16.pth"}
 
-``style`` and ``vgg`` are optional. ``vgg`` is a torchvision VGG state dict
-(``features.N.weight``) for a perceptual inversion loss; without it the loss is pixel plus
-multi-scale error.
+``style``, ``encoder`` and ``vgg`` are optional. ``base`` may be a pSp / e4e checkpoint (its decoder
+is the base); ``encoder`` must be one trained for the base generator. ``vgg`` is a torchvision VGG
+state dict (``features.N.weight``) for a perceptual inversion loss; without it the loss is pixel
+plus multi-scale error.
 """
 
 from __future__ import annotations
@@ -26,28 +29,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from server.models.base import ModelDescriptor, ModelError, Param, ParamError, StyleModel
-from server.models.checkpoint import read_state_dict
-from server.models.stylegan2 import FAMILY, Generator, build_generator, detect
+from server.models.checkpoint import StateDict, read_state_dict
+from server.models.stylegan2 import FAMILY, Generator, build_generator, detect, is_encoder_checkpoint, part
 
+from .encoder import Encoder, build_encoder
 from .losses import Loss, VGGFeatures, multiscale_loss, perceptual_loss
 from .project import project
 from .temporal import SMOOTHING, LatentSmoother
 from .toonify import blend_generators, mix_latents
 
 NOISE_MODES = ("const", "random", "none")
-RECIPE_KEYS = ("family", "base", "style", "vgg")
+RECIPE_KEYS = ("family", "base", "style", "encoder", "vgg")
 
 
 class StyleGANPlate(nn.Module):
-    """Base generator (inverted into), optional style generator and VGG, and the average latent."""
+    """Base generator (inverted into), optional style generator, encoder and VGG, and the average latent."""
 
     def __init__(
-        self, base: Generator, latent_avg: torch.Tensor, style: Generator | None = None, vgg: VGGFeatures | None = None
+        self, base: Generator, latent_avg: torch.Tensor, style: Generator | None = None,
+        vgg: VGGFeatures | None = None, encoder: Encoder | None = None,
     ):
         super().__init__()
         self.base = base
         self.style = style
         self.vgg = vgg
+        self.encoder = encoder
         self.register_buffer("latent_avg", latent_avg)
         self._blended: dict[tuple[int, float, str], Generator] = {}
         self._references: dict[tuple[str, int, int, float], torch.Tensor] = {}
@@ -59,6 +65,25 @@ class StyleGANPlate(nn.Module):
     def start(self, batch: int) -> torch.Tensor:
         """The average latent as W+ [batch, n_latent, style_dim]."""
         return self.latent_avg[None, None].expand(batch, self.base.n_latent, -1)
+
+    def uses_encoder(self, values: dict[str, Any]) -> bool:
+        """Whether inversion starts from the encoder's latent (the model has one and `encoder` is on)."""
+        return self.encoder is not None and values["encoder"]
+
+    def invert(
+        self, image: torch.Tensor, values: dict[str, Any], previous: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """W+ of sRGB 0..1 [N, 3, H, W]: from the encoder's latent, else `previous` (a sequence's last frame),
+        else the average; refined by `steps` Adam steps (`first_steps` from the average)."""
+        target = _resize(image, self.base.config.size) * 2 - 1
+        if self.uses_encoder(values):
+            with torch.no_grad():
+                start, steps = self.encoder(image), values["steps"]
+        elif previous is not None and previous.shape == (image.shape[0], self.base.n_latent, self.latent_avg.shape[0]):
+            start, steps = previous, values["steps"]
+        else:
+            start, steps = self.start(image.shape[0]), values["first_steps"]
+        return project(self.base, target, start, steps, values["lr"], self.loss())
 
     def output_generator(self, values: dict[str, Any]) -> Generator:
         """The generator that renders the result: style, base, or their layer-swap blend (cached)."""
@@ -79,14 +104,13 @@ class StyleGANPlate(nn.Module):
         file = Path(path)
         if not file.is_file():
             raise ParamError(f"style_image: {path} is not a file on the server machine")
-        key = (str(file.resolve()), file.stat().st_mtime_ns, values["first_steps"], values["lr"])
+        encoded = self.uses_encoder(values)
+        steps = values["steps"] if encoded else values["first_steps"]
+        key = (str(file.resolve()), file.stat().st_mtime_ns, encoded, steps, values["lr"])
         if key not in self._references:
-            image = read_reference(file).to(self.latent_avg.device)
-            target = _resize(image, self.base.config.size) * 2 - 1
+            image = read_reference(file).to(device=self.latent_avg.device, dtype=self.latent_avg.dtype)
             self._references.clear()
-            self._references[key] = project(
-                self.base, target, self.start(1), values["first_steps"], values["lr"], self.loss()
-            )
+            self._references[key] = self.invert(image, values)
         return self._references[key]
 
 
@@ -152,15 +176,11 @@ def stylize_plate(
     plate: StyleGANPlate, x: torch.Tensor, values: dict[str, Any], state: dict[str, Any] | None = None
 ) -> torch.Tensor:
     """The plate path on sRGB 0..1 [N, 3, H, W]; `state` carries the latent and smoothing between frames."""
-    n, _, height, width = x.shape
+    _, _, height, width = x.shape
     top, left, rows, cols = region_of(values, height, width)
     crop = x[:, :, top : top + rows, left : left + cols]
-    target = _resize(crop, plate.base.config.size) * 2 - 1
     state = {} if state is None else state
-    previous = state.get("latent")
-    warm = previous is not None and previous.shape == (n, plate.base.n_latent, plate.latent_avg.shape[0])
-    steps = values["steps"] if warm else values["first_steps"]
-    latent = project(plate.base, target, previous if warm else plate.start(n), steps, values["lr"], plate.loss())
+    latent = plate.invert(crop, values, state.get("latent"))
     state["latent"] = latent
     shown = _smoothed(latent, values, state)
     if values["style_image"]:
@@ -219,6 +239,13 @@ class StyleGANModel(StyleModel):
         w = self.generator.map(z.to(device=self.device, dtype=self.dtype))
         return w if truncation == 1.0 else torch.lerp(self.latent_avg, w, truncation)
 
+    def encode(self, rgb: torch.Tensor) -> torch.Tensor:
+        """sRGB 0..1 [N, 3, H, W] -> W+ [N, n_latent, style_dim] by the model's pSp / e4e encoder, one forward pass."""
+        if self._module.encoder is None:
+            raise ModelError(f"{self.name} has no encoder; load a pSp / e4e checkpoint, or name one in a recipe")
+        with torch.no_grad():
+            return self._module.encoder(rgb.to(device=self.device, dtype=self.dtype))
+
     def synthesize(self, wplus: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
         """W+ [N, n_latent, style_dim] (or w [N, style_dim]) -> image [N, 3, size, size] in -1..1.
 
@@ -243,13 +270,20 @@ class StyleGANModel(StyleModel):
         return self.generator.synthesize(wplus, noise)
 
 
-def plate_params(base: Generator, has_style: bool) -> tuple[Param, ...]:
+def plate_params(base: Generator, has_style: bool, has_encoder: bool = False) -> tuple[Param, ...]:
     """The plate path's parameters for a generator of this shape."""
     size, n_latent = base.config.size, base.n_latent
-    params = [
-        Param("steps", "int", 30, 0, 5000,
-              help="inversion steps per frame when starting from the previous frame's latent"),
-        Param("first_steps", "int", 150, 0, 5000, help="inversion steps for a single frame or a sequence's first"),
+    params = []
+    if has_encoder:
+        params.append(Param("encoder", "bool", True,
+                            help="start each frame from the encoder's latent; off: optimisation from the previous "
+                                 "frame's latent or the average"))
+    params += [
+        Param("steps", "int", 0 if has_encoder else 30, 0, 5000,
+              help="inversion steps per frame from the encoder's or the previous frame's latent"
+                   + (" (0: the encoder alone)" if has_encoder else "")),
+        Param("first_steps", "int", 150, 0, 5000,
+              help="inversion steps from the average latent (a single frame or a sequence's first, without encoder)"),
         Param("lr", "float", 0.05, 0.0001, 1.0, help="inversion learning rate (Adam, decaying to a tenth)"),
         Param("region_x", "int", 0, 0, help="left of the region to stylize, pixels from the data window's left"),
         Param("region_y", "int", 0, 0, help="top of the region, pixels from the data window's top"),
@@ -281,13 +315,14 @@ def plate_params(base: Generator, has_style: bool) -> tuple[Param, ...]:
 
 
 def plate_descriptor(
-    base: Generator, latent_avg: torch.Tensor, style: Generator | None = None, vgg: VGGFeatures | None = None
+    base: Generator, latent_avg: torch.Tensor, style: Generator | None = None, vgg: VGGFeatures | None = None,
+    encoder: Encoder | None = None,
 ) -> ModelDescriptor:
-    """The served model of a base generator, with an optional style generator and VGG."""
+    """The served model of a base generator, with an optional style generator, VGG and encoder."""
     return ModelDescriptor(
-        module=StyleGANPlate(base, latent_avg, style, vgg),
+        module=StyleGANPlate(base, latent_avg, style, vgg, encoder),
         family=FAMILY,
-        params=plate_params(base, style is not None),
+        params=plate_params(base, style is not None, encoder is not None),
         size_multiple=1,
         min_size=1,
         supports_half=False,
@@ -296,35 +331,51 @@ def plate_descriptor(
     )
 
 
+def encoder_of(state_dict: StateDict, base: Generator) -> Encoder:
+    """The encoder of a pSp / e4e checkpoint, for inverting into `base`."""
+    return build_encoder(
+        part(state_dict, "encoder"), state_dict.options, state_dict.get("latent_avg"),
+        base.n_latent, base.config.style_dim,
+    )
+
+
 def recipe_descriptor(recipe: dict[str, Any], folder: Path) -> ModelDescriptor:
     """Build the model a recipe describes (see the module docstring)."""
     unknown = sorted(set(recipe) - set(RECIPE_KEYS))
     if unknown or not isinstance(recipe.get("base"), str):
         raise ModelError(
-            f"a stylegan2 recipe needs 'base' (a checkpoint file name) and may have 'style' and 'vgg'; "
+            f"a stylegan2 recipe needs 'base' (a checkpoint file name) and may have 'style', 'encoder' and 'vgg'; "
             f"{'it has unknown keys ' + ', '.join(unknown) if unknown else 'it has no base'}"
         )
     files = {key: folder / recipe[key] for key in RECIPE_KEYS[1:] if recipe.get(key)}
     for key, path in files.items():
         if not path.is_file():
             raise ModelError(f"recipe {key} {path} does not exist (paths are relative to the recipe's folder)")
+    read = {path: read_state_dict(path) for path in set(files.values()) if path != files.get("vgg")}
     generators = {}
     for key in ("base", "style"):
         if key in files:
-            weights = read_state_dict(files[key])
-            if not detect(weights):
-                raise ModelError(f"recipe {key} {files[key]} is not a StyleGAN2 generator in the rosinality layout")
-            generators[key] = build_generator(weights)
+            if not detect(read[files[key]]):
+                raise ModelError(
+                    f"recipe {key} {files[key]} is not a StyleGAN2 generator in the rosinality layout "
+                    "(nor a pSp / e4e checkpoint holding one)"
+                )
+            generators[key] = build_generator(read[files[key]])
     (base, latent_avg), style = generators["base"], generators.get("style", (None,))[0]
     if style is not None and style.config != base.config:
         raise ModelError(
             f"recipe base and style generators differ in shape ({base.config.size} px vs {style.config.size} px, "
             "or channels); both must come from the same configuration"
         )
+    encoder = None
+    if "encoder" in files:
+        if not is_encoder_checkpoint(read[files["encoder"]]):
+            raise ModelError(f"recipe encoder {files['encoder']} is not a pSp / e4e checkpoint (encoder.* keys)")
+        encoder = encoder_of(read[files["encoder"]], base)
     vgg = None
     if "vgg" in files:
         try:
             vgg = VGGFeatures(read_state_dict(files["vgg"]))
         except (KeyError, RuntimeError, ValueError) as error:
             raise ModelError(f"recipe vgg {files['vgg']} is not a torchvision VGG state dict: {error}") from None
-    return plate_descriptor(base, latent_avg, style, vgg)
+    return plate_descriptor(base, latent_avg, style, vgg, encoder)
