@@ -34,11 +34,13 @@ from server.models.stylegan2 import FAMILY, Generator, build_generator, detect, 
 
 from .encoder import Encoder, build_encoder
 from .losses import Loss, VGGFeatures, multiscale_loss, perceptual_loss
-from .project import project
+from .project import best_start, project
 from .temporal import SMOOTHING, LatentSmoother
 from .toonify import blend_generators, mix_latents
 
 NOISE_MODES = ("const", "random", "none")
+START_CANDIDATES = 16
+"""Latents a cold inversion may start from: the average and mapped z (seed 0); the closest image wins."""
 RECIPE_KEYS = ("family", "base", "style", "encoder", "vgg")
 
 
@@ -55,16 +57,15 @@ class StyleGANPlate(nn.Module):
         self.vgg = vgg
         self.encoder = encoder
         self.register_buffer("latent_avg", latent_avg)
+        z = torch.randn(START_CANDIDATES - 1, latent_avg.shape[0], generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            self.register_buffer("candidates", torch.cat([latent_avg[None], base.map(z.to(latent_avg))]))
         self._blended: dict[tuple[int, float, str], Generator] = {}
         self._references: dict[tuple[str, int, int, float], torch.Tensor] = {}
 
     def loss(self) -> Loss:
         """The inversion loss: perceptual with a VGG, else pixel plus multi-scale."""
         return multiscale_loss if self.vgg is None else perceptual_loss(self.vgg)
-
-    def start(self, batch: int) -> torch.Tensor:
-        """The average latent as W+ [batch, n_latent, style_dim]."""
-        return self.latent_avg[None, None].expand(batch, self.base.n_latent, -1)
 
     def uses_encoder(self, values: dict[str, Any]) -> bool:
         """Whether inversion starts from the encoder's latent (the model has one and `encoder` is on)."""
@@ -74,7 +75,7 @@ class StyleGANPlate(nn.Module):
         self, image: torch.Tensor, values: dict[str, Any], previous: torch.Tensor | None = None
     ) -> torch.Tensor:
         """W+ of sRGB 0..1 [N, 3, H, W]: from the encoder's latent, else `previous` (a sequence's last frame),
-        else the average; refined by `steps` Adam steps (`first_steps` from the average)."""
+        else the closest of the start candidates; refined by `steps` Adam steps (`first_steps` from a candidate)."""
         target = _resize(image, self.base.config.size) * 2 - 1
         if self.uses_encoder(values):
             with torch.no_grad():
@@ -82,7 +83,7 @@ class StyleGANPlate(nn.Module):
         elif previous is not None and previous.shape == (image.shape[0], self.base.n_latent, self.latent_avg.shape[0]):
             start, steps = previous, values["steps"]
         else:
-            start, steps = self.start(image.shape[0]), values["first_steps"]
+            start, steps = best_start(self.base, target, self.candidates, self.loss()), values["first_steps"]
         return project(self.base, target, start, steps, values["lr"], self.loss())
 
     def output_generator(self, values: dict[str, Any]) -> Generator:
@@ -277,13 +278,14 @@ def plate_params(base: Generator, has_style: bool, has_encoder: bool = False) ->
     if has_encoder:
         params.append(Param("encoder", "bool", True,
                             help="start each frame from the encoder's latent; off: optimisation from the previous "
-                                 "frame's latent or the average"))
+                                 "frame's latent or a cold start"))
     params += [
         Param("steps", "int", 0 if has_encoder else 30, 0, 5000,
               help="inversion steps per frame from the encoder's or the previous frame's latent"
                    + (" (0: the encoder alone)" if has_encoder else "")),
         Param("first_steps", "int", 150, 0, 5000,
-              help="inversion steps from the average latent (a single frame or a sequence's first, without encoder)"),
+              help="inversion steps from a cold start: the closest of 16 candidate latents (a single frame or a "
+                   "sequence's first, without encoder)"),
         Param("lr", "float", 0.05, 0.0001, 1.0, help="inversion learning rate (Adam, decaying to a tenth)"),
         Param("region_x", "int", 0, 0, help="left of the region to stylize, pixels from the data window's left"),
         Param("region_y", "int", 0, 0, help="top of the region, pixels from the data window's top"),
