@@ -25,7 +25,7 @@ STAGES = (3, 4, 14, 3)
 
 def psp_encoder_state(
     kind: str, widths=(8, 16, 24, 32), stem: int = 8, style: int = 32, rows: int = 8, se: bool = True,
-    input_nc: int = 3, seed: int = 0, empty: bool = False,
+    input_nc: int = 3, seed: int = 0, empty: bool = False, se_reduction: int = 4,
 ) -> dict[str, torch.Tensor]:
     """An ``encoder.*`` state dict as pSp's / e4e's modules name it (widths scaled down by default).
 
@@ -67,8 +67,8 @@ def psp_encoder_state(
             conv(f"{unit}.res_layer.3", depth, depth, 3)
             bn(f"{unit}.res_layer.4", depth)
             if se:
-                conv(f"{unit}.res_layer.5.fc1", max(1, depth // 4), depth, 1)
-                conv(f"{unit}.res_layer.5.fc2", depth, max(1, depth // 4), 1)
+                conv(f"{unit}.res_layer.5.fc1", max(1, depth // se_reduction), depth, 1)
+                conv(f"{unit}.res_layer.5.fc2", depth, max(1, depth // se_reduction), 1)
             index, previous = index + 1, depth
     if kind == "pyramid":
         for i in range(rows):
@@ -225,11 +225,8 @@ def test_e4e_and_psp_differ_only_by_the_stored_encoder_type():
 
 def test_the_full_size_e4e_layout_builds():
     """IR-SE-50 with reduction 16 and 512 widths, 18 rows for a 1024 px generator: keys and shapes only."""
-    sd = psp_encoder_state("pyramid", widths=(64, 128, 256, 512), stem=64, style=512, rows=18, empty=True)
-    for key in [k for k in sd if ".res_layer.5.fc" in k]:  # published SE gates: channels // 16
-        out_c, in_c = sd[key].shape[:2]
-        sd[key] = torch.empty(out_c // 4 if key.endswith("fc1.weight") else out_c,
-                              in_c if key.endswith("fc1.weight") else in_c // 4, 1, 1, device="meta")
+    sd = psp_encoder_state("pyramid", widths=(64, 128, 256, 512), stem=64, style=512, rows=18, empty=True,
+                           se_reduction=16)
     with torch.device("meta"):
         encoder = build_encoder(sd, {"encoder_type": "Encoder4Editing"}, None, 18, 512)
     assert encoder.n_latent == 18 and len(encoder.network.styles) == 18
