@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import ModelDescriptor
+from .checkpoint import StateDict
 
 FAMILY = "stylegan2"
 
@@ -389,12 +390,11 @@ def build_generator(state_dict: Mapping[str, torch.Tensor]) -> tuple[Generator, 
     The average is the checkpoint's ``latent_avg`` when present (pSp stores it once per W+ row), else the
     mean of 4096 mapped z.
     """
-    if is_encoder_checkpoint(state_dict):
-        state_dict = {**part(state_dict, "decoder"), **{k: v for k, v in state_dict.items() if k == "latent_avg"}}
-    weights = {key: value for key, value in state_dict.items() if key != "latent_avg"}
+    latent_avg = state_dict.get("latent_avg")
+    weights = part(state_dict, "decoder") if is_encoder_checkpoint(state_dict) else dict(state_dict)
+    weights.pop("latent_avg", None)
     generator = Generator(GeneratorConfig.from_state_dict(weights))
     generator.load_state_dict(weights)
-    latent_avg = state_dict.get("latent_avg")
     if latent_avg is None:
         z = torch.randn(4096, generator.config.style_dim, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
@@ -403,7 +403,7 @@ def build_generator(state_dict: Mapping[str, torch.Tensor]) -> tuple[Generator, 
     return generator.eval().requires_grad_(False), latent_avg
 
 
-def load(state_dict: dict[str, torch.Tensor]) -> ModelDescriptor:
+def load(state_dict: StateDict) -> ModelDescriptor:
     """A single file served as a plate model: a generator inverted into and synthesized by itself, or a
     pSp / e4e checkpoint whose encoder starts the inversion into its decoder."""
     from server.stylegan.plate import encoder_of, plate_descriptor  # the plate path builds on this module

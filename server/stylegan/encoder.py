@@ -48,8 +48,6 @@ UNITS_PER_STAGE = {24: (3, 4, 14, 3), 49: (3, 13, 30, 3), 50: (3, 8, 36, 3)}
 COARSE_ROWS, MIDDLE_ROWS = 3, 7
 """W+ rows below 3 read the coarsest pyramid level, rows 3-6 the middle one, the rest the finest."""
 
-SE_REDUCTION = 16
-
 _UNIT = re.compile(r"body\.(\d+)\.res_layer\.1\.weight")
 _STYLE = re.compile(r"styles\.(\d+)\.linear\.weight")
 

@@ -61,7 +61,7 @@ class StyleGANPlate(nn.Module):
         with torch.no_grad():
             self.register_buffer("candidates", torch.cat([latent_avg[None], base.map(z.to(latent_avg))]))
         self._blended: dict[tuple[int, float, str], Generator] = {}
-        self._references: dict[tuple[str, int, int, float], torch.Tensor] = {}
+        self._references: dict[tuple[str, int, bool, int, float], torch.Tensor] = {}
 
     def loss(self) -> Loss:
         """The inversion loss: perceptual with a VGG, else pixel plus multi-scale."""
@@ -77,14 +77,15 @@ class StyleGANPlate(nn.Module):
         """W+ of sRGB 0..1 [N, 3, H, W]: from the encoder's latent, else `previous` (a sequence's last frame),
         else the closest of the start candidates; refined by `steps` Adam steps (`first_steps` from a candidate)."""
         target = _resize(image, self.base.config.size) * 2 - 1
+        loss = self.loss()
         if self.uses_encoder(values):
             with torch.no_grad():
                 start, steps = self.encoder(image), values["steps"]
         elif previous is not None and previous.shape == (image.shape[0], self.base.n_latent, self.latent_avg.shape[0]):
             start, steps = previous, values["steps"]
         else:
-            start, steps = best_start(self.base, target, self.candidates, self.loss()), values["first_steps"]
-        return project(self.base, target, start, steps, values["lr"], self.loss())
+            start, steps = best_start(self.base, target, self.candidates, loss), values["first_steps"]
+        return project(self.base, target, start, steps, values["lr"], loss)
 
     def output_generator(self, values: dict[str, Any]) -> Generator:
         """The generator that renders the result: style, base, or their layer-swap blend (cached)."""
