@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vst_plugin import Client, Frame, Part, ServerUnavailable  # noqa: E402
 from vst_plugin.exr import write_exr  # noqa: E402
-from vst_plugin.jobs import ExrBytes, ExrPlanes, SequenceJob, StyleOptions  # noqa: E402
+from vst_plugin.jobs import ExrBytes, ExrPlanes, SequenceJob  # noqa: E402
+from vst_plugin.schema import StylizeSettings  # noqa: E402
 
 
 def make_plates(folder: Path, count: int, width: int, height: int) -> None:
@@ -62,7 +63,7 @@ def start_server(address: str, device: str) -> subprocess.Popen:
                 raise SystemExit(f"vst serve did not start (exit code {process.poll()})") from None
 
 
-def run(address: str, folder: Path, frames: list[int], options: StyleOptions, kind: type, depth: int) -> float:
+def run(address: str, folder: Path, frames: list[int], options: StylizeSettings, kind: type, depth: int) -> float:
     """Frames per second of one job over `frames` with `depth` frames in flight."""
     out = folder / f"out-{depth}"
     with Client(address, timeout=60) as client:
@@ -87,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
 
     kind = ExrBytes if args.transport == "bytes" else ExrPlanes
-    options = StyleOptions(model=args.model, params={"style": "7"} if args.model == "multistyle26" else {})
+    options = StylizeSettings(model=args.model, params={"style": "7"} if args.model == "multistyle26" else {})
     frames = list(range(1, args.frames + 1))
     server = start_server(args.address, args.device)
     try:

@@ -165,7 +165,7 @@ def gram_distance(a: list[np.ndarray], b: list[np.ndarray], features: torch.nn.M
 
 def first_layer(model) -> torch.nn.Module:
     """The style network's own first convolution + ReLU, as a feature extractor for Gram statistics."""
-    weight = model._module.contract[0].w.detach().float().cpu()
+    weight = model._module.contract[0].weight.detach().float().cpu()
 
     class Features(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

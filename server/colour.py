@@ -14,12 +14,11 @@ import numpy as np
 import OpenImageIO as oiio
 import torch
 
-from vst_plugin.protocol import HIGHLIGHT_POLICIES
+from vst_plugin.schema import HIGHLIGHT_POLICIES, RAW_COLORSPACE
 
 log = logging.getLogger("vst.server")
 
 LINEAR = "lin_rec709"
-RAW = "raw"
 KNEE = 0.8
 """Where the `compress` policy starts rolling values off towards 1."""
 
@@ -47,11 +46,11 @@ class ColourSpaces:
 
     def names(self) -> list[str]:
         """Every colour space name and alias of the config, plus `raw`."""
-        return sorted(self._names | {RAW}, key=str.lower)
+        return sorted(self._names | {RAW_COLORSPACE}, key=str.lower)
 
     def check(self, space: str) -> None:
         """Raise ColourError unless `space` is `raw` or a colour space of the config."""
-        if space != RAW and space not in self._names:
+        if space != RAW_COLORSPACE and space not in self._names:
             raise ColourError(
                 f"unknown colour space {space!r} in OCIO config {self.config_name}; "
                 f"use one of its names (e.g. lin_rec709, ACEScg, srgb_tx) or 'raw'"
@@ -59,7 +58,7 @@ class ColourSpaces:
 
     def is_linear_rec709(self, space: str) -> bool:
         """True when no conversion is needed for `space`."""
-        return space == RAW or space == self._linear or self._config.equivalent(space, self._linear)
+        return space == RAW_COLORSPACE or space == self._linear or self._config.equivalent(space, self._linear)
 
     def to_linear(self, rgb: np.ndarray, space: str) -> np.ndarray:
         """Convert an (H, W, 3) float32 array from `space` to linear Rec.709."""

@@ -154,11 +154,12 @@ class LinearStyleTransfer(nn.Module):
 
 def export_module(model: StyleModel, **params: Any) -> LinearStyleTransfer:
     """The model with `params` (style, strength, ...) baked in, as a float32 CPU module (module docstring)."""
-    if model._plan is None:
-        raise ModelError(f"{model.name}: the {model.family} family cannot be exported (it has no feed-forward plan)")
     values = model.validate(params)
     with torch.no_grad():
-        plan = model._plan(model._module, values)
+        try:
+            plan = model.feedforward_plan(values)
+        except ModelError as exc:
+            raise ModelError(f"{exc}: it cannot be exported") from None
         network = PlanNetwork(plan)
     return LinearStyleTransfer(network, model.size_multiple, values["strength"]).float().cpu().eval()
 

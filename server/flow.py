@@ -15,6 +15,7 @@ PRESETS = {
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
     "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
 }
+"""OpenCV's DIS settings for each preset name a request may give (vst_plugin/schema.py FLOW_PRESETS)."""
 
 
 def gray8(rgb: np.ndarray) -> np.ndarray:

@@ -7,23 +7,31 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import zmq
 
-from server import temporal
 from server.colour import ColourSpaces
+from server.errors import error_reply
 from server.models import ModelError, ModelRegistry, resolve_device
-from server.pipeline import StylizeOptions
-from server.sequences import SequenceStates
-from server.temporal import MotionTracker, TemporalOptions
-from server.worker import Job, Worker
+from server.sessions import SessionStore
+from server.temporal import MotionAnalysis
+from server.worker import Task, Worker
 from vst_plugin import protocol
 from vst_plugin.exr import decode_exr
 from vst_plugin.frame import PIXEL_TYPES, Frame, FrameLimits
+from vst_plugin.schema import (
+    DEFAULT_ADDRESS,
+    HIGHLIGHT_POLICIES,
+    PROTOCOL_VERSION,
+    TEMPORAL_PARAMS,
+    ProtocolError,
+    StylizeRequest,
+    read_fields,
+)
 
 log = logging.getLogger("vst.server")
 
@@ -38,7 +46,7 @@ class BindError(ValueError):
 class ServerConfig:
     """Everything `vst serve` can set."""
 
-    address: str = protocol.DEFAULT_ADDRESS
+    address: str = DEFAULT_ADDRESS
     device: str = "auto"
     model_dirs: tuple[Path, ...] = ()
     model_memory: int = 4 << 30
@@ -46,6 +54,7 @@ class ServerConfig:
     limits: FrameLimits = field(default_factory=FrameLimits)
     max_message_bytes: int = 8 << 30
     sequence_ttl: float = 600.0
+    max_sequences: int = 32
 
 
 def check_loopback(address: str) -> None:
@@ -77,8 +86,8 @@ class Server:
         self.device = resolve_device(config.device)
         self.registry = ModelRegistry(config.model_dirs, self.device, config.model_memory)
         self.colours = ColourSpaces()
-        self.sequences = SequenceStates(config.sequence_ttl)
-        self.motion = MotionTracker(ttl=config.sequence_ttl)
+        self.sessions = SessionStore(config.sequence_ttl, config.max_sequences)
+        self.motion = MotionAnalysis()
         self._context = context or zmq.Context.instance()
         self._results_address = f"inproc://vst-results-{id(self)}"
         self._router: zmq.Socket | None = None
@@ -105,9 +114,7 @@ class Server:
             self.endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         self._results = self._context.socket(zmq.PULL)
         self._results.bind(self._results_address)
-        self._worker = Worker(
-            self._context, self._results_address, self.registry, self.colours, self.config.limits, self.sequences
-        )
+        self._worker = Worker(self._context, self._results_address, self.registry, self.colours, self.config.limits)
         self._worker.start()
         log.info("vst server on %s (device %s, OCIO config %s)", self.endpoint, self.device, self.colours.config_name)
         return self.endpoint
@@ -149,23 +156,24 @@ class Server:
     def _handle(self, frames: list[Any]) -> None:
         identity = frames[0].bytes
         self.requests += 1
+        header = None
         try:
             message = protocol.decode_request(frames[1:])
-            header, payload = self._answer(identity, message)
-        except protocol.ProtocolError as exc:
-            header, payload = protocol.error_reply(exc.header, exc.code, exc.message), []
-        except ModelError as exc:
-            header, payload = protocol.error_reply(message.header, "model_error", str(exc)), []
-        if header is None:
+            header = message.header
+            reply, payload = self._answer(identity, message)
+        except Exception as exc:  # every request gets an answer; no request stops the loop
+            reply, payload = error_reply(header, exc), []
+        if reply is None:
             return  # queued; the worker replies
-        if not header["ok"]:
+        if not reply["ok"]:
             self.errors += 1
-            log.warning("request %s (%s) refused: %s", header["id"], header["op"], header["error"]["message"])
-        self._router.send_multipart([identity, protocol.pack(header), *payload], copy=False)
+            log.warning("request %s (%s) refused: %s", reply["id"], reply["op"], reply["error"]["message"])
+        self._router.send_multipart([identity, protocol.pack(reply), *payload], copy=False)
 
     def _answer(self, identity: bytes, message: protocol.Message) -> tuple[dict[str, Any] | None, list[Any]]:
         header = message.header
         op = message.op
+        fields = read_fields(op, header)
         if op == "ping":
             return protocol.reply(header), []
         if op == "hello":
@@ -176,51 +184,42 @@ class Server:
         if op == "stats":
             return protocol.reply(header, **self._stats()), []
         if op == "unload":
-            model = header.get("model")
-            if not isinstance(model, str):
-                raise protocol.ProtocolError("bad_request", "'unload' needs a 'model' name", header)
-            return protocol.reply(header, unloaded=self.registry.unload(model)), []
+            return protocol.reply(header, unloaded=self.registry.unload(fields["model"])), []
+        if op == "reset":
+            return protocol.reply(header, reset=self.sessions.reset(identity, fields["sequence"])), []
         if self._stopping.is_set():
-            raise protocol.ProtocolError(
+            raise ProtocolError(
                 "shutting_down", "the vst server is shutting down; send the frame again once it is back", header
             )
-        if op == "reset":
-            if not isinstance(header.get("sequence"), str):
-                raise protocol.ProtocolError("bad_request", "'reset' needs a 'sequence' id (string)", header)
-            self.motion.reset(identity, header["sequence"])
-            self._enqueue(Job(identity, header))
-            return None, []
-        return self._accept_stylize(identity, message)
+        self._accept_stylize(identity, message)
+        return None, []
 
-    def _accept_stylize(self, identity: bytes, message: protocol.Message) -> tuple[None, list[Any]]:
+    def _accept_stylize(self, identity: bytes, message: protocol.Message) -> None:
         header = message.header
-        options = StylizeOptions.from_request(header, self.config.default_model)
-        temporal = TemporalOptions.from_request(header)
-        if header.get("exr"):
+        request = StylizeRequest.from_wire(header)
+        request = replace(request, settings=replace(request.settings,
+                                                     model=request.settings.model or self.config.default_model))
+        if request.exr:
             if len(message.payload) != 1:
-                raise protocol.ProtocolError("bad_frame", "an EXR stylize request carries exactly one payload", header)
-            job = Job(identity, header, options, exr=message.payload[0])
+                raise ProtocolError("bad_frame", "an EXR stylize request carries exactly one payload", header)
+            task = Task(identity, header, request, exr=message.payload[0])
             load = partial(decode_exr, bytes(message.payload[0]), self.config.limits)
         else:
             try:
                 frame = protocol.parse_frame(header.get("frame"), message.payload, self.config.limits)
-            except protocol.ProtocolError as exc:
-                raise protocol.ProtocolError(exc.code, exc.message, header) from None
-            job = Job(identity, header, options, frame=frame)
+            except ProtocolError as exc:
+                raise ProtocolError(exc.code, exc.message, header) from None
+            task = Task(identity, header, request, frame=frame)
             load = partial(_given, frame)
-        if temporal is not None:
-            layers = list(options.layers) if options.layers else None
-            job.temporal = temporal
-            job.analysis = self.motion.analyse(
-                identity, header["sequence"], header["frame_number"], load, layers, temporal
-            )
-        self._enqueue(job)
-        return None, []
-
-    def _enqueue(self, job: Job) -> None:
-        job.queued_at = time.perf_counter()
+        if request.sequence is not None:
+            task.session, previous = self.sessions.admit(identity, request.sequence, request.frame_number)
+            temporal = request.settings.temporal
+            if temporal is not None:
+                layers = list(request.settings.layers) if request.settings.layers else None
+                task.analysis = task.session.analysis = self.motion.analyse(previous, load, layers, temporal)
+        task.queued_at = time.perf_counter()
         self._in_flight += 1
-        self._worker.jobs.put(job)
+        self._worker.tasks.put(task)
 
     def _describe(self, name: str) -> dict[str, Any]:
         try:
@@ -232,15 +231,15 @@ class Server:
         limits = self.config.limits
         return {
             "server": SERVER_NAME,
-            "protocol": protocol.PROTOCOL_VERSION,
+            "protocol": PROTOCOL_VERSION,
             "device": str(self.device),
             "capabilities": {
                 "exr_bytes": True,
                 "pixel_types": list(PIXEL_TYPES),
                 "colorspaces": self.colours.names(),
-                "highlights": list(protocol.HIGHLIGHT_POLICIES),
+                "highlights": list(HIGHLIGHT_POLICIES),
                 "default_model": self.config.default_model,
-                "temporal": temporal.PARAMS,
+                "temporal": TEMPORAL_PARAMS,
                 "limits": {
                     "max_side": limits.max_side,
                     "max_pixels": limits.max_pixels,
@@ -258,7 +257,7 @@ class Server:
             "frames": self._worker.frames_done,
             "errors": self.errors + self._worker.errors,
             "queued": self._in_flight,
-            "sequences": len(self.sequences),
+            "sequences": len(self.sessions),
             "device": str(self.device),
             "models_loaded": self.registry.loaded(),
             "model_memory_budget": self.config.model_memory,

@@ -2,9 +2,10 @@
 
 Per sequence (client + sequence id) and per colour layer:
 
-1. When a frame is accepted, the request loop decides whether it continues the sequence (its frame
-   number is the previous one + 1) or starts it anew (first frame, a jump, a repeat, a scrub or a
-   `reset`), and hands the motion analysis of the frame to a thread pool, ahead of the model worker:
+1. When a frame is accepted, the request loop admits it to its session (server/sessions.py: it
+   continues the sequence when its frame number is the previous one + 1, and starts it anew after a
+   jump, a repeat, a scrub or a `reset`), and hands the motion analysis of the frame, against the
+   previous frame's analysis, to a thread pool (`MotionAnalysis`) ahead of the model worker:
    the backward flow (this frame -> the previous one) and an occlusion mask from the forward-backward
    consistency check and motion boundaries (`server.flow.occlusion`). The motion comes from the
    host's motion vectors when the frame carries them, from OpenCV DIS optical flow on the inputs
@@ -20,8 +21,6 @@ frame t-1, ``forward.u/forward.v`` to frame t+1, in pixels, with v pointing up (
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,58 +32,7 @@ import torch.nn.functional as F
 
 from server import flow
 from vst_plugin.frame import ColourLayer, Frame, Window, colour_layers, window_size
-from vst_plugin.protocol import ProtocolError
-
-PARAMS = [
-    {"name": "strength", "type": "float", "default": 0.0, "min": 0.0, "max": 1.0,
-     "help": "weight of the warped previous result in pixels visible in both frames; 0 is off"},
-    {"name": "preset", "type": "choice", "default": "fast", "choices": list(flow.PRESETS),
-     "help": "OpenCV DIS optical flow preset, when the frame carries no motion vectors"},
-    {"name": "vectors", "type": "choice", "default": "auto", "choices": ["auto", "off"],
-     "help": "use the frame's motion vector channels when present (auto) or always estimate flow (off)"},
-    {"name": "backward", "type": "string", "default": "backward", "help": "layer of vectors to the previous frame"},
-    {"name": "forward", "type": "string", "default": "forward", "help": "layer of vectors to the next frame"},
-    {"name": "y_up", "type": "bool", "default": True, "help": "vector v points up (Nuke); off: down"},
-]
-"""The `temporal` request fields, as a parameter schema (announced by `hello`)."""
-
-
-@dataclass(frozen=True)
-class TemporalOptions:
-    """The `temporal` field of a stylize request."""
-
-    strength: float = 0.0
-    preset: str = "fast"
-    vectors: str = "auto"
-    backward: str = "backward"
-    forward: str = "forward"
-    y_up: bool = True
-
-    @classmethod
-    def from_request(cls, header: dict[str, Any]) -> TemporalOptions | None:
-        """Read `temporal` from a stylize header; None when absent or off."""
-        value = header.get("temporal")
-        if value is None:
-            return None
-        if not isinstance(value, dict):
-            raise ProtocolError("bad_request", "'temporal' must be a map, e.g. {strength: 0.8}", header)
-        unknown = set(value) - {param["name"] for param in PARAMS}
-        if unknown:
-            raise ProtocolError("bad_param", f"unknown temporal option(s): {', '.join(sorted(unknown))}", header)
-        options = cls(**value)
-        if not isinstance(options.strength, (int, float)) or not 0 <= options.strength <= 1:
-            raise ProtocolError("bad_param", f"temporal strength must be 0..1, got {options.strength!r}", header)
-        if options.preset not in flow.PRESETS:
-            raise ProtocolError("bad_param", f"flow preset must be one of {', '.join(flow.PRESETS)}", header)
-        if options.vectors not in ("auto", "off"):
-            raise ProtocolError("bad_param", "temporal vectors must be 'auto' or 'off'", header)
-        if options.strength == 0:
-            return None
-        if not isinstance(header.get("sequence"), str) or not isinstance(header.get("frame_number"), int):
-            raise ProtocolError(
-                "bad_request", "temporal mode needs a 'sequence' id and a 'frame_number' on every frame", header
-            )
-        return options
+from vst_plugin.schema import TemporalSettings
 
 
 @dataclass
@@ -109,47 +57,32 @@ def layer_key(layer: ColourLayer) -> str:
     return f"{layer.part}:{','.join(layer.rgb)}"
 
 
-class MotionTracker:
-    """Decides, in arrival order, whether frames continue their sequence, and analyses motion ahead."""
+class MotionAnalysis:
+    """A thread pool that analyses the motion of temporal frames ahead of the model worker."""
 
-    def __init__(self, workers: int = 2, ttl: float = 600.0):
+    def __init__(self, workers: int = 2):
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vst-flow")
-        self._ttl = ttl
-        self._last: dict[tuple[bytes, str], tuple[int, float, Future[Analysis]]] = {}
-        self._lock = threading.Lock()
 
     def close(self) -> None:
         """Finish analyses under way and stop the pool."""
         self._pool.shutdown(wait=True)
 
-    def reset(self, client: bytes, sequence: str) -> None:
-        """Forget a sequence: its next frame starts anew."""
-        with self._lock:
-            self._last.pop((client, sequence), None)
-
     def analyse(
         self,
-        client: bytes,
-        sequence: str,
-        frame_number: int,
+        previous: Future[Analysis] | None,
         load: Callable[[], Frame],
         layers: list[str] | None,
-        options: TemporalOptions,
+        settings: TemporalSettings,
     ) -> Future[Analysis]:
-        """Queue the analysis of a frame; `load` returns the frame (decoding EXR bytes if needed)."""
-        now = time.monotonic()
-        with self._lock:
-            for key in [key for key, (_, touched, _) in self._last.items() if now - touched > self._ttl]:
-                del self._last[key]
-            last = self._last.get((client, sequence))
-            previous = last[2] if last and frame_number == last[0] + 1 else None
-            future = self._pool.submit(_analyse, previous, load, layers, options)
-            self._last[(client, sequence)] = (frame_number, now, future)
-        return future
+        """Queue the analysis of a frame against the `previous` frame's (None: it starts the sequence).
+
+        `load` returns the frame (decoding EXR bytes if needed).
+        """
+        return self._pool.submit(_analyse, previous, load, layers, settings)
 
 
 def _analyse(
-    previous: Future[Analysis] | None, load: Callable[[], Frame], layers: list[str] | None, options: TemporalOptions
+    previous: Future[Analysis] | None, load: Callable[[], Frame], layers: list[str] | None, settings: TemporalSettings
 ) -> Analysis:
     frame = load()
     before: dict[str, LayerMotion] = {}
@@ -162,28 +95,28 @@ def _analyse(
     for layer in colour_layers(frame, layers):
         part = frame.parts[layer.part]
         rgb = np.stack([part.channels[name] for name in layer.rgb], axis=-1).astype(np.float32)
-        backward = _vectors(frame, layer, options.backward, options) if options.vectors == "auto" else None
+        backward = _vectors(frame, layer, settings.backward, settings) if settings.vectors == "auto" else None
         motion = LayerMotion(
-            flow.gray8(rgb), part.data_window, _vectors(frame, layer, options.forward, options)
+            flow.gray8(rgb), part.data_window, _vectors(frame, layer, settings.forward, settings)
         )
         prior = before.get(layer_key(layer))
         if prior is not None:
-            _relate(motion, prior, backward, options)
+            _relate(motion, prior, backward, settings)
         motions[layer_key(layer)] = motion
     return frame, motions
 
 
-def _vectors(frame: Frame, layer: ColourLayer, name: str, options: TemporalOptions) -> np.ndarray | None:
+def _vectors(frame: Frame, layer: ColourLayer, name: str, settings: TemporalSettings) -> np.ndarray | None:
     """Host motion vectors of a layer as a flow field, or None when the frame has none."""
     channels = frame.parts[layer.part].channels
     prefix = layer.rgb[0][:-1]  # "" or "left."
     for u, v in ((f"{name}.{prefix}u", f"{name}.{prefix}v"), (f"{name}.u", f"{name}.v")):
         if u in channels and v in channels:
-            return flow.from_vectors(channels[u], channels[v], options.y_up)
+            return flow.from_vectors(channels[u], channels[v], settings.y_up)
     return None
 
 
-def _relate(motion: LayerMotion, prior: LayerMotion, backward: np.ndarray | None, options: TemporalOptions) -> None:
+def _relate(motion: LayerMotion, prior: LayerMotion, backward: np.ndarray | None, settings: TemporalSettings) -> None:
     """Fill `motion.to_previous` and `motion.visible` from this frame and the one before."""
     (x0, y0, x1, y1), (px0, py0, px1, py1) = motion.window, prior.window
     cx0, cy0 = min(x0, px0), min(y0, py0)
@@ -200,8 +133,8 @@ def _relate(motion: LayerMotion, prior: LayerMotion, backward: np.ndarray | None
         to_next = on_canvas(prior.forward, prior.window) if prior.forward is not None else None
     else:
         grey, prior_grey = on_canvas(motion.grey, motion.window), on_canvas(prior.grey, prior.window)
-        to_previous = flow.dis_flow(grey, prior_grey, options.preset)
-        to_next = flow.dis_flow(prior_grey, grey, options.preset)
+        to_previous = flow.dis_flow(grey, prior_grey, settings.preset)
+        to_next = flow.dis_flow(prior_grey, grey, settings.preset)
     occluded = flow.occlusion(to_previous, to_next)
     w, h = window_size(motion.window)
     rows = slice(y0 - cy0, y0 - cy0 + h)

@@ -1,4 +1,4 @@
-"""The compute worker: one thread that owns the model device and runs queued jobs in order."""
+"""The compute worker: one thread that owns the model device and runs queued frames in order."""
 
 from __future__ import annotations
 
@@ -10,39 +10,40 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import zmq
 
 from server.colour import ColourSpaces
-from server.models import ModelRegistry, ParamError, UnknownModelError, UnsafeCheckpointError
-from server.models.base import ModelError
-from server.pipeline import PipelineError, StylizeOptions, TemporalBlend, check_options, stylize_frame
-from server.sequences import SequenceStates
-from server.temporal import Analysis, TemporalOptions
+from server.errors import error_reply
+from server.models import ModelRegistry
+from server.pipeline import TemporalBlend, stylize_frame
+from server.sessions import Session
+from server.temporal import Analysis
 from vst_plugin import protocol
-from vst_plugin.exr import ExrError, decode_exr, encode_exr
+from vst_plugin.exr import decode_exr, encode_exr
 from vst_plugin.frame import Frame, FrameLimits, Part
+from vst_plugin.schema import StylizeRequest
 
 log = logging.getLogger("vst.server")
 
 
 @dataclass
-class Job:
-    """A queued request: who asked, the header, and either a parsed frame or EXR bytes."""
+class Task:
+    """A queued frame: who asked, the header, the request's fields, and a parsed frame or EXR bytes."""
 
     identity: bytes
     header: dict[str, Any]
-    options: StylizeOptions | None = None
+    request: StylizeRequest
     frame: Frame | None = None
     exr: memoryview | None = None
-    queued_at: float = 0.0
-    temporal: TemporalOptions | None = None
+    session: Session | None = None
+    """The sequence's session this frame was admitted to; None for a frame outside any sequence."""
     analysis: Future[Analysis] | None = None
     """The frame and its motion, analysed ahead of the worker (temporal mode only)."""
+    queued_at: float = 0.0
 
 
 class Worker(threading.Thread):
-    """Runs stylize and reset jobs one at a time and sends replies over an inproc socket."""
+    """Runs stylize tasks one at a time and sends replies over an inproc socket."""
 
     def __init__(
         self,
@@ -51,95 +52,62 @@ class Worker(threading.Thread):
         registry: ModelRegistry,
         colours: ColourSpaces,
         limits: FrameLimits,
-        sequences: SequenceStates,
     ):
         super().__init__(name="vst-worker", daemon=True)
-        self.jobs: queue.Queue[Job | None] = queue.Queue()
+        self.tasks: queue.Queue[Task | None] = queue.Queue()
         self._context = context
         self._results_address = results_address
         self._registry = registry
         self._colours = colours
         self._limits = limits
-        self._sequences = sequences
         self.frames_done = 0
         self.errors = 0
 
     def stop(self) -> None:
-        """Finish the jobs already queued, then end the thread."""
-        self.jobs.put(None)
+        """Finish the tasks already queued, then end the thread."""
+        self.tasks.put(None)
 
     def run(self) -> None:
         results = self._context.socket(zmq.PUSH)
         results.setsockopt(zmq.LINGER, -1)
         results.connect(self._results_address)
         try:
-            while (job := self.jobs.get()) is not None:
-                header, payload = self._execute(job)
-                if not header["ok"]:
+            while (task := self.tasks.get()) is not None:
+                try:
+                    header, payload = self._stylize(task)
+                except Exception as exc:  # every failure reaches the host as a reply, never kills the server
+                    header, payload = error_reply(task.header, exc), []
                     self.errors += 1
                     log.warning("request %s refused: %s", header["id"], header["error"]["message"])
-                    if job.header["op"] == "stylize" and isinstance(job.header.get("sequence"), str):
-                        # the memory now describes a frame before the failed one: the next starts anew
-                        self._sequences.reset(job.identity, job.header["sequence"])
-                results.send_multipart([job.identity, protocol.pack(header), *payload], copy=False)
+                    if task.session is not None:
+                        task.session.fail()
+                results.send_multipart([task.identity, protocol.pack(header), *payload], copy=False)
         finally:
             results.close()
 
-    def _execute(self, job: Job) -> tuple[dict[str, Any], list[Any]]:
-        try:
-            if job.header["op"] == "reset":
-                return protocol.reply(job.header, reset=self._sequences.reset(job.identity, job.header["sequence"])), []
-            return self._stylize(job)
-        except protocol.ProtocolError as exc:
-            return protocol.error_reply(job.header, exc.code, exc.message), []
-        except ExrError as exc:
-            return protocol.error_reply(job.header, "bad_exr", str(exc)), []
-        except (PipelineError, ParamError) as exc:
-            return protocol.error_reply(job.header, "bad_param", str(exc)), []
-        except UnknownModelError as exc:
-            return protocol.error_reply(job.header, "unknown_model", str(exc)), []
-        except UnsafeCheckpointError as exc:
-            return protocol.error_reply(job.header, "unsafe_model", str(exc)), []
-        except ModelError as exc:
-            return protocol.error_reply(job.header, "model_error", str(exc)), []
-        except torch.OutOfMemoryError:
-            return protocol.error_reply(
-                job.header,
-                "model_error",
-                "the device ran out of memory for this frame, even in tiles down to 32 px; free GPU memory "
-                "(unload models) or use a smaller frame",
-            ), []
-        except Exception as exc:  # a bug must reach the host as a reply, never kill the server
-            log.exception("request %s failed", job.header.get("id"))
-            return protocol.error_reply(job.header, "internal", f"{type(exc).__name__}: {exc}"), []
-
-    def _stylize(self, job: Job) -> tuple[dict[str, Any], list[Any]]:
+    def _stylize(self, task: Task) -> tuple[dict[str, Any], list[Any]]:
         started = time.perf_counter()
-        options = job.options
-        check_options(options, self._colours)
-        model = self._registry.get(options.model)
-        params = model.validate(options.params)
+        settings = task.request.settings
+        self._colours.check(settings.colorspace)
+        model = self._registry.get(settings.model)
+        params = model.validate(dict(settings.params))
         temporal = None
-        if job.analysis is not None:
-            frame, motions = job.analysis.result()
-            temporal = TemporalBlend(job.temporal.strength, motions)
+        if task.analysis is not None:
+            frame, motions = task.analysis.result()
+            temporal = TemporalBlend(settings.temporal.strength, motions)
         else:
-            frame = job.frame if job.exr is None else decode_exr(bytes(job.exr), self._limits)
-        sequence = job.header.get("sequence")
-        state = None
-        if isinstance(sequence, str):
-            self._sequences.touch(job.identity, sequence, job.header.get("frame_number"))
-            state = self._sequences.model_state(job.identity, sequence, model.name)
-        changed = stylize_frame(frame, model, params, options, self._colours, state, temporal)
+            frame = task.frame if task.exr is None else decode_exr(bytes(task.exr), self._limits)
+        memory = None if task.session is None else task.session.model_memory(model.name)
+        changed = stylize_frame(frame, model, params, settings, self._colours, memory, temporal)
         self.frames_done += 1
         timing = {
-            "queue_ms": round((started - job.queued_at) * 1000, 2),
+            "queue_ms": round((started - task.queued_at) * 1000, 2),
             "compute_ms": round((time.perf_counter() - started) * 1000, 2),
         }
-        if job.exr is not None:
-            return protocol.reply(job.header, exr=True, timing=timing), [encode_exr(_merged(frame, changed))]
+        if task.exr is not None:
+            return protocol.reply(task.header, exr=True, timing=timing), [encode_exr(_merged(frame, changed))]
         return (
-            protocol.reply(job.header, frame=protocol.changed_header(changed), timing=timing),
+            protocol.reply(task.header, frame=protocol.changed_header(changed), timing=timing),
             protocol.changed_planes(changed),
         )
 

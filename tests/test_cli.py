@@ -78,3 +78,42 @@ def test_a_server_error_names_the_frame_and_writes_nothing(tmp_path: Path, serve
     assert done.returncode == 1
     assert "frame 1:" in done.stderr and "bad_param" in done.stderr
     assert not any(tmp_path.iterdir())
+
+
+HOST_ONLY = """
+import sys
+sys.modules["server"] = None  # as on a workstation with only the host side installed: no server package
+import vst_plugin.cli as cli
+cli._entry_points = lambda group: []  # and no package registering commands
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def host_only(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", HOST_ONLY, *args], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)
+
+
+def test_a_host_only_install_renders_through_a_server_and_says_what_serve_needs(
+    server_address: str, tmp_path: Path
+) -> None:
+    done = host_only("render", str(SAMPLES), str(tmp_path / "out.####.exr"), "--frames", "1",
+                     "--model", "identity", "--server", server_address)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out.0001.exr").is_file()
+    serve = host_only("serve")
+    assert serve.returncode == 2 and "pip install 'vst[server]'" in serve.stderr
+    embedded = host_only("render", str(SAMPLES), str(tmp_path / "e.####.exr"), "--frames", "1", "--embedded")
+    assert embedded.returncode == 1 and "vst[server]" in embedded.stderr
+    assert not (tmp_path / "e.0001.exr").exists()
+
+
+def test_server_commands_come_from_the_entry_point_group() -> None:
+    from vst_plugin.cli import build_parser
+
+    parser = build_parser()
+    for command in ("serve", "export", "eval", "convert-stylegan"):
+        args = parser.parse_args([command, *{"serve": [], "export": ["m", "--format", "onnx", "-o", "x"],
+                                             "eval": ["temporal", "o", "--frames", "1", "--flow-from", "i"],
+                                             "convert-stylegan": ["a", "b"]}[command]])
+        assert args.run.__module__ == "server.commands"

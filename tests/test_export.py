@@ -21,8 +21,9 @@ from test_models import reference_net, state_dict_for_checkpoint
 
 from server.export import export
 from server.models import ModelError, ModelRegistry, StyleModel
-from server.pipeline import StylizeOptions, _run_network
+from server.pipeline import _run_network
 from vst_plugin.cli import main
+from vst_plugin.schema import StylizeSettings
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 
@@ -54,7 +55,7 @@ def candy(tmp_path_factory) -> StyleModel:
 
 
 def live(model: StyleModel, rgb: np.ndarray, params: dict) -> np.ndarray:
-    return _run_network(rgb, model, model.validate(params), StylizeOptions(model.name), None, None)
+    return _run_network(rgb, model, model.validate(params), StylizeSettings(model.name), None, None)
 
 
 def as_input(rgb: np.ndarray) -> np.ndarray:

@@ -11,14 +11,15 @@ import pytest
 
 from vst_plugin import Client, ServerUnavailable
 from vst_plugin.exr import read_exr
-from vst_plugin.jobs import ExrBytes, ExrPlanes, JobError, SequenceJob, StyleOptions, key_path
+from vst_plugin.jobs import ExrBytes, ExrPlanes, JobError, SequenceJob, key_path
+from vst_plugin.schema import StylizeSettings
 from vst_plugin.sequence import frame_path
 
 sys.path.insert(0, str(Path(__file__).parent / "fake_nuke"))
 from plates import crop_plates  # noqa: E402
 
-IDENTITY = StyleOptions(model="identity")
-STYLE = StyleOptions(model="multistyle26", params={"style": "7"})
+IDENTITY = StylizeSettings(model="identity")
+STYLE = StylizeSettings(model="multistyle26", params={"style": "7"})
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +27,10 @@ def plates(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     return crop_plates(shared, tmp_path_factory.mktemp("plates"), range(1, 5))
 
 
-def job(client: Client, plates: str, out: Path, options: StyleOptions = IDENTITY, kind=ExrBytes, **kw) -> SequenceJob:
-    return SequenceJob(client, options, lambda n: kind.load(frame_path(plates, n)),
+def job(
+    client: Client, plates: str, out: Path, settings: StylizeSettings = IDENTITY, kind=ExrBytes, **kw
+) -> SequenceJob:
+    return SequenceJob(client, settings, lambda n: kind.load(frame_path(plates, n)),
                        lambda n: str(out / f"out.{n:04d}.exr"), **kw)
 
 
@@ -92,7 +95,7 @@ def test_cache_renders_only_what_changed(server_address: str, plates: str, tmp_p
         (inputs / "plate.0002.exr").write_bytes(Path(frame_path(plates, 4)).read_bytes())
         changed_input = job(client, pattern, out, cache=True).run([1, 2, 3])
         assert (changed_input.rendered, changed_input.cached) == ([2], [1, 3])
-        stronger = StyleOptions(model="identity", params={"strength": 0.5})
+        stronger = StylizeSettings(model="identity", params={"strength": 0.5})
         changed_options = job(client, pattern, out, stronger, cache=True).run([1, 2, 3])
         assert changed_options.rendered == [1, 2, 3]
         (out / "out.0003.exr").unlink()

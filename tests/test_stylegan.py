@@ -15,7 +15,7 @@ from server.models.stylegan2 import Generator, GeneratorConfig
 from server.stylegan.losses import multiscale_loss
 from server.stylegan.plate import StyleGANModel, StyleGANPlate, feather_mask
 from server.stylegan.project import best_start, project
-from server.stylegan.temporal import smooth_latents
+from server.stylegan.smoothing import smooth_latents
 from server.stylegan.toonify import blend_generators, layer_resolution
 
 SMALL = {4: 64, 8: 64, 16: 32, 32: 32}

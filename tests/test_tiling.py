@@ -178,10 +178,10 @@ def test_tile_through_a_real_server(server_address, shared):
 
 def test_render_tile_option_reaches_the_request():
     from vst_plugin.cli import build_parser
-    from vst_plugin.jobs import StyleOptions
+    from vst_plugin.schema import StylizeSettings
 
     args = build_parser().parse_args(["render", "in.####.exr", "out.####.exr", "--frames", "1", "--tile", "256"])
     assert args.tile == 256
-    assert StyleOptions(tile=args.tile).fields()["tile"] == 256
-    assert "tile" in StyleOptions(tile=256).canonical()
-    assert "tile" not in StyleOptions().canonical()  # cache keys written before --tile existed stay valid
+    assert StylizeSettings(tile=args.tile).to_wire()["tile"] == 256
+    assert "tile" in StylizeSettings(tile=256).canonical()
+    assert "tile" not in StylizeSettings().canonical()  # cache keys written before --tile existed stay valid

@@ -20,10 +20,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from server.colour import ColourSpaces, srgb_encode  # noqa: E402
 from server.models import load_model  # noqa: E402
-from server.pipeline import StylizeOptions, stylize_frame  # noqa: E402
+from server.pipeline import stylize_frame  # noqa: E402
 from tools.sheet import label, write_grid  # noqa: E402
 from vst_plugin.exr import read_exr  # noqa: E402
 from vst_plugin.frame import Frame  # noqa: E402
+from vst_plugin.schema import StylizeSettings  # noqa: E402
 
 TILE = 360
 
@@ -49,7 +50,7 @@ def main() -> None:
     plate = read_exr(args.plate)
     model = load_model("multistyle26", "cuda" if torch.cuda.is_available() else "cpu")
     colours = ColourSpaces()
-    options = StylizeOptions("multistyle26", layers=("rgba",))
+    options = StylizeSettings("multistyle26", layers=("rgba",))
     tiles = [label(display(plate), "original plate (lin_rec709)")]
     for style in args.styles:
         params = model.validate({"style": style})

@@ -27,9 +27,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from server.colour import ColourSpaces, srgb_decode, srgb_encode  # noqa: E402
 from server.models import load_model  # noqa: E402
-from server.pipeline import StylizeOptions, stylize_frame  # noqa: E402
+from server.pipeline import stylize_frame  # noqa: E402
 from tools.sheet import label, write_grid  # noqa: E402
 from vst_plugin.frame import Frame, Part  # noqa: E402
+from vst_plugin.schema import StylizeSettings  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TILE = 420
@@ -92,7 +93,7 @@ def main() -> None:
     oiio.ImageBuf(np.ascontiguousarray(linear_b)).write(str(painting_b), oiio.HALF)
 
     plate = linear_frame(srgb_decode(torch.from_numpy(video_frame(100))).numpy())
-    options = StylizeOptions("arbitrary", layers=("rgba",))
+    options = StylizeSettings("arbitrary", layers=("rgba",))
     results = []
     for params in (
         {"style_image": str(painting_a)},

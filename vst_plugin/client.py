@@ -11,6 +11,7 @@ import zmq
 
 from vst_plugin import protocol
 from vst_plugin.frame import Frame
+from vst_plugin.schema import DEFAULT_ADDRESS, stylize_fields
 
 
 class VstError(Exception):
@@ -53,7 +54,7 @@ class Client:
 
     def __init__(
         self,
-        address: str = protocol.DEFAULT_ADDRESS,
+        address: str = DEFAULT_ADDRESS,
         timeout: float = 10.0,
         heartbeat: float = 1.0,
         context: zmq.Context | None = None,
@@ -110,8 +111,9 @@ class Client:
     def stylize(self, frame: Frame, **options: Any) -> Frame:
         """Stylize a frame and return a new Frame; channels the server did not change are the input's.
 
-        Options are the stylize request fields of docs/protocol.md: model, params, colorspace,
-        highlights, layers, premultiplied, sequence, frame_number, temporal, tile.
+        Options are the stylize request fields of docs/protocol.md (vst_plugin/schema.py): model,
+        params, colorspace, highlights, layers, premultiplied, tile, temporal (a map or a
+        `TemporalSettings`), sequence, frame_number. `StylizeSettings.to_wire()` gives them.
         """
         return self.result(self.submit(frame, **options))
 
@@ -125,14 +127,14 @@ class Client:
         """Send a stylize request without waiting; collect it with `result`."""
         frame.check()
         request_id = next(self._ids)
-        header = protocol.request("stylize", request_id, frame=protocol.frame_header(frame), **_fields(options))
+        header = protocol.request("stylize", request_id, frame=protocol.frame_header(frame), **stylize_fields(options))
         self._send(header, protocol.frame_planes(frame))
         return Pending(request_id, "stylize", frame)
 
     def submit_exr(self, data: bytes, **options: Any) -> Pending:
         """Send a stylize request carrying EXR bytes without waiting."""
         request_id = next(self._ids)
-        self._send(protocol.request("stylize", request_id, exr=True, **_fields(options)), [data])
+        self._send(protocol.request("stylize", request_id, exr=True, **stylize_fields(options)), [data])
         return Pending(request_id, "stylize")
 
     def result(self, pending: Pending) -> Any:
@@ -190,14 +192,3 @@ class Client:
             raise ServerError(str(error.get("code", "internal")), str(error.get("message", "unknown error")))
         return message
 
-
-def _fields(options: dict[str, Any]) -> dict[str, Any]:
-    """Stylize options as request fields, dropping the ones left at None."""
-    allowed = {
-        "model", "params", "colorspace", "highlights", "layers", "premultiplied", "sequence", "frame_number",
-        "temporal", "tile",
-    }
-    unknown = set(options) - allowed
-    if unknown:
-        raise TypeError(f"unknown stylize option(s): {', '.join(sorted(unknown))}")
-    return {key: value for key, value in options.items() if value is not None}

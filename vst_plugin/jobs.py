@@ -7,10 +7,10 @@ a function of the frame number returning a path); `SequenceJob.run` does the res
 * **Pipelining.** Up to `in_flight` frames are on the server at once; results are written in
   submission order, each atomically (the file appears complete under its final name or not at all).
 * **Cache** (`cache=True`). A frame is skipped when its output exists and was made from the same
-  input and the same options. The key is the SHA-256 of the input EXR file's bytes (robust: a
+  input and the same settings. The key is the SHA-256 of the input EXR file's bytes (robust: a
   re-render that produces identical pixels and header is a hit, a touched file with other content is
   a miss; hashing costs milliseconds next to stylizing) together with the canonical JSON of the
-  `StyleOptions`. It is kept in a sidecar file ``.<output name>.vstkey`` beside each output, written
+  `StylizeSettings`. It is kept in a sidecar file ``.<output name>.vstkey`` beside each output, written
   after the output and removed before the output is replaced, so a crash in between never leaves a
   key that vouches for the wrong pixels. The key names the model, not its weights: after replacing a
   checkpoint under the same name, clear the cache.
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import secrets
 import uuid
@@ -43,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from vst_plugin.client import Client, Pending, ServerError, VstError
-from vst_plugin.protocol import DEFAULT_COLORSPACE
+from vst_plugin.schema import StylizeSettings
 
 __all__ = [
     "ExrBytes",
@@ -53,7 +52,6 @@ __all__ = [
     "Plate",
     "Progress",
     "SequenceJob",
-    "StyleOptions",
     "write_atomic",
 ]
 
@@ -64,40 +62,6 @@ class JobError(VstError):
     def __init__(self, frame: int, reason: object, preroll: bool = False):
         super().__init__(f"frame {frame}{' (pre-roll)' if preroll else ''}: {reason}")
         self.frame = frame
-
-
-@dataclass(frozen=True)
-class StyleOptions:
-    """What a stylized frame depends on besides its input: the stylize request fields of a job."""
-
-    model: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    colorspace: str = DEFAULT_COLORSPACE
-    highlights: str = "preserve"
-    layers: tuple[str, ...] | None = None
-    temporal: dict[str, Any] | None = None
-    """Temporal mode options (docs/protocol.md), e.g. {"strength": 0.8}; None: frames independent."""
-    tile: int | None = None
-    """Force tiled execution with tiles of this many pixels (docs/protocol.md); None: the server decides."""
-
-    def fields(self) -> dict[str, Any]:
-        """The options as `Client.submit` keyword arguments."""
-        return {
-            "model": self.model,
-            "params": dict(self.params),
-            "colorspace": self.colorspace,
-            "highlights": self.highlights,
-            "layers": list(self.layers) if self.layers else None,
-            "temporal": dict(self.temporal) if self.temporal else None,
-            "tile": self.tile,
-        }
-
-    def canonical(self) -> str:
-        """Canonical JSON of the options (sorted keys, no spaces): equal options give equal text."""
-        fields = self.fields()
-        if fields["tile"] is None:  # keys written before `tile` existed stay valid
-            del fields["tile"]
-        return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -228,7 +192,7 @@ class SequenceJob:
     def __init__(
         self,
         client: Client,
-        options: StyleOptions,
+        settings: StylizeSettings,
         source: Callable[[int], Plate],
         output: Callable[[int], str],
         *,
@@ -242,14 +206,14 @@ class SequenceJob:
         if preroll < 0:
             raise ValueError(f"preroll must be 0 or more frames, not {preroll}")
         self.client = client
-        self.options = options
+        self.settings = settings
         self.source = source
         self.output = output
         self.in_flight = in_flight
         self.preroll = preroll
         self.sequence = sequence or f"vst-{uuid.uuid4().hex[:12]}"
         self.cache = cache
-        self._options_text = options.canonical()
+        self._settings_text = settings.canonical()
         self._last_sent: int | None = None
         self._sent_any = False
 
@@ -327,10 +291,10 @@ class SequenceJob:
             digest = plate.digest()
         except OSError as exc:
             raise JobError(number, f"cannot read the input: {exc}") from exc
-        return hashlib.sha256(f"{digest}\n{self._options_text}".encode()).hexdigest()
+        return hashlib.sha256(f"{digest}\n{self._settings_text}".encode()).hexdigest()
 
     def _submit(self, number: int, plate: Plate, output: str | None, key: str | None) -> _Flight:
-        pending = plate.submit(self.client, sequence=self.sequence, frame_number=number, **self.options.fields())
+        pending = plate.submit(self.client, sequence=self.sequence, frame_number=number, **self.settings.to_wire())
         self._last_sent, self._sent_any = number, True
         return _Flight(number, pending, plate, output, key)
 

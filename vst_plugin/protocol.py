@@ -1,8 +1,9 @@
 """The vst wire protocol, version 1 (specified in docs/protocol.md).
 
 Everything that knows the byte layout of a message lives here: header encoding, the request and reply
-envelopes, error codes, and frames as raw planes. Client and server call these functions and never
-build messages themselves.
+envelopes, and frames as raw planes. The fields a header may carry, their types and the error codes
+are defined in `vst_plugin.schema`. Client and server call these functions and never build messages
+themselves.
 """
 
 from __future__ import annotations
@@ -23,41 +24,10 @@ from vst_plugin.frame import (
     pixel_type_of,
     window_size,
 )
-
-PROTOCOL_VERSION = 1
-DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
-OPS = ("hello", "models", "stylize", "reset", "stats", "unload", "ping")
-HIGHLIGHT_POLICIES = ("preserve", "compress", "clamp")
-DEFAULT_COLORSPACE = "lin_rec709"
-
-ERROR_CODES = (
-    "bad_request",
-    "version",
-    "unknown_op",
-    "too_large",
-    "bad_frame",
-    "bad_exr",
-    "unknown_model",
-    "unsafe_model",
-    "bad_param",
-    "model_error",
-    "shutting_down",
-    "internal",
-)
+from vst_plugin.schema import OPS, PROTOCOL_VERSION, REPLY_FIELDS, ProtocolError, read_envelope
 
 # Payload frames are little-endian planes.
 _WIRE_DTYPES = {name: dtype.newbyteorder("<") for name, dtype in PIXEL_TYPES.items()}
-
-
-class ProtocolError(Exception):
-    """A message breaks the protocol; `code` is one of ERROR_CODES."""
-
-    def __init__(self, code: str, message: str, header: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.header = header
-        """The request header when it could be decoded, so the error reply can carry its id."""
 
 
 @dataclass(frozen=True)
@@ -100,8 +70,12 @@ def request(op: str, request_id: int, **fields: Any) -> dict[str, Any]:
 
 
 def reply(req: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    """Build a success reply header for a request header."""
-    return {"v": PROTOCOL_VERSION, "id": req.get("id", -1), "op": req.get("op", "?"), "ok": True, **fields}
+    """Build a success reply header for a request header; `fields` must be the op's reply fields."""
+    op = req["op"]
+    unknown = set(fields) - set(REPLY_FIELDS[op])
+    if unknown:
+        raise ValueError(f"{op} replies carry no {', '.join(sorted(unknown))} (vst_plugin/schema.py REPLY_FIELDS)")
+    return {"v": PROTOCOL_VERSION, "id": req["id"], "op": op, "ok": True, **fields}
 
 
 def error_reply(req: dict[str, Any] | None, code: str, message: str) -> dict[str, Any]:
@@ -127,20 +101,7 @@ def decode_request(frames: Sequence[Any]) -> Message:
     if not frames:
         raise ProtocolError("bad_request", "empty message: a request starts with a msgpack header")
     header = unpack(_buffer(frames[0]))
-    version = header.get("v")
-    if version != PROTOCOL_VERSION:
-        raise ProtocolError(
-            "version",
-            f"protocol version {version!r} is not supported; this server speaks version {PROTOCOL_VERSION}. "
-            "Update the host plug-in or the server so both match.",
-            header,
-        )
-    request_id = header.get("id")
-    if not isinstance(request_id, int) or isinstance(request_id, bool) or request_id < 0:
-        raise ProtocolError("bad_request", "the header needs an integer request id 'id' >= 0", header)
-    op = header.get("op")
-    if op not in OPS:
-        raise ProtocolError("unknown_op", f"unknown op {op!r}; this server knows {', '.join(OPS)}", header)
+    read_envelope(header)
     return Message(header, [_buffer(frame) for frame in frames[1:]])
 
 

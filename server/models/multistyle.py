@@ -10,9 +10,9 @@ tensor names are kept::
     expand.{0,1,2}.w              nearest x2 + conv 3x3 twice, then conv 9x9
     <layer>.norm.{gamma,beta}     [styles, channels] per conv
 
-Every conv is reflection padding of k//2 and a conv without bias, followed by the conditional
-norm; ReLU after each, except the second conv of a residual block (none) and the last (sigmoid).
-Input and output are sRGB-encoded 0..1.
+The network is the shared conditional-norm style transformer (server/models/transformer.py): every
+conv (no bias) is followed by a norm whose scale and shift are the style weights times these rows.
+`load` renames the checkpoint's ``.w`` to ``.weight`` and ``res.`` to ``residual.``.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..tiling import Act, Add, Conv, Norm, Plan, Push
+from ..tiling import Plan
 from .base import ModelDescriptor, Param
+from .transformer import ConditionalNorm, StyleTransformer
 
 FAMILY = "multistyle"
 
@@ -34,78 +34,16 @@ _REQUIRED = (
 )
 
 
-class ConditionalInstanceNorm(nn.Module):
-    """Instance norm whose scale and shift are a blend of per-style rows."""
+class StyleRowsNorm(ConditionalNorm):
+    """Scale and shift are a blend of per-style rows: style weights [S] times [S, C]."""
 
     def __init__(self, styles: int, channels: int):
         super().__init__()
         self.gamma = nn.Parameter(torch.ones(styles, channels))
         self.beta = nn.Parameter(torch.zeros(styles, channels))
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        return F.instance_norm(x, weight=style @ self.gamma, bias=style @ self.beta, eps=1e-5)
-
-
-class ConvNormLayer(nn.Module):
-    """[nearest x2 upsample] -> reflection pad -> conv (no bias) -> conditional norm -> activation."""
-
-    def __init__(self, styles: int, weight_shape: torch.Size, stride: int, upsample: bool, activation: str):
-        super().__init__()
-        out_channels, _, kernel, _ = weight_shape
-        self.w = nn.Parameter(torch.zeros(weight_shape))
-        self.norm = ConditionalInstanceNorm(styles, out_channels)
-        self.stride = stride
-        self.upsample = upsample
-        self.activation = activation
-        self.padding = kernel // 2
-
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        if self.upsample:
-            x = F.interpolate(x, scale_factor=2, mode="nearest")
-        x = F.pad(x, (self.padding,) * 4, mode="reflect")
-        x = self.norm(F.conv2d(x, self.w, stride=self.stride), style)
-        if self.activation == "relu":
-            return F.relu(x, inplace=True)
-        if self.activation == "sigmoid":
-            return torch.sigmoid(x)
-        return x
-
-
-class ResidualBlock(nn.ModuleList):
-    """x + (conv-norm-relu, conv-norm)(x), no activation after the sum."""
-
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        first, second = self
-        return x + second(first(x, style), style)
-
-
-class MultiStyleNet(nn.Module):
-    """Contract (x1/4), residual blocks, expand (x4); conditioned on a style weight vector."""
-
-    def __init__(self, shapes: dict[str, torch.Size]):
-        super().__init__()
-        styles = shapes["contract.0.norm.gamma"][0]
-        blocks = len({key.split(".")[1] for key in shapes if key.startswith("res.")})
-
-        def layer(name: str, stride: int = 1, upsample: bool = False, activation: str = "relu"):
-            return ConvNormLayer(styles, shapes[f"{name}.w"], stride, upsample, activation)
-
-        self.contract = nn.ModuleList([layer("contract.0"), layer("contract.1", 2), layer("contract.2", 2)])
-        self.res = nn.ModuleList(
-            ResidualBlock([layer(f"res.{i}.0"), layer(f"res.{i}.1", activation="none")])
-            for i in range(blocks)
-        )
-        self.expand = nn.ModuleList([
-            layer("expand.0", upsample=True),
-            layer("expand.1", upsample=True),
-            layer("expand.2", activation="sigmoid"),
-        ])
-        self.styles = styles
-
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        for module in (*self.contract, *self.res, *self.expand):
-            x = module(x, style)
-        return x
+    def scale_shift(self, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (style @ self.gamma)[None], (style @ self.beta)[None]
 
 
 def detect(state_dict: dict[str, torch.Tensor]) -> bool:
@@ -113,43 +51,43 @@ def detect(state_dict: dict[str, torch.Tensor]) -> bool:
     return all(key in state_dict for key in _REQUIRED) and state_dict["contract.0.norm.gamma"].ndim == 2
 
 
+def _module_key(key: str) -> str:
+    """The shared transformer's name for a checkpoint key (``res.0.1.w`` -> ``residual.0.1.weight``)."""
+    key = "residual." + key[len("res."):] if key.startswith("res.") else key
+    return key[: -len(".w")] + ".weight" if key.endswith(".w") else key
+
+
+def _style(module: nn.Module, values: dict[str, Any]) -> torch.Tensor:
+    weight = module.contract[0].weight
+    return torch.tensor(values["style"], dtype=weight.dtype, device=weight.device)
+
+
 def _run(module: nn.Module, x: torch.Tensor, values: dict[str, Any]) -> torch.Tensor:
-    style = torch.tensor(values["style"], dtype=x.dtype, device=x.device)
-    return module(x, style)
-
-
-def _layer_steps(layer: ConvNormLayer, style: torch.Tensor) -> Plan:
-    steps: Plan = [
-        Conv(layer.w, stride=layer.stride, upsample=layer.upsample),
-        Norm(style @ layer.norm.gamma, style @ layer.norm.beta, eps=1e-5),
-    ]
-    return steps + ([Act(layer.activation)] if layer.activation in ("relu", "sigmoid") else [])
+    return module(x, _style(module, values))
 
 
 def plan(module: nn.Module, values: dict[str, Any]) -> Plan:
     """The network as tiling steps (server/tiling.py), the style blend baked into the norms."""
-    weight = module.contract[0].w
-    style = torch.tensor(values["style"], dtype=weight.dtype, device=weight.device)
-    steps: Plan = []
-    for layer in module.contract:
-        steps += _layer_steps(layer, style)
-    for first, second in module.res:
-        steps += [Push(), *_layer_steps(first, style), *_layer_steps(second, style), Add()]
-    for layer in module.expand:
-        steps += _layer_steps(layer, style)
-    return steps
+    return module.plan(_style(module, values))
 
 
 def load(state_dict: dict[str, torch.Tensor]) -> ModelDescriptor:
     """Build the network with channel counts, residual blocks and styles taken from the shapes."""
-    net = MultiStyleNet({key: tensor.shape for key, tensor in state_dict.items()})
-    net.load_state_dict(state_dict)
+    weights = {_module_key(key): tensor for key, tensor in state_dict.items()}
+    styles = weights["contract.0.norm.gamma"].shape[0]
+    shapes = {key: tensor.shape for key, tensor in weights.items()}
+
+    def norm(prefix: str, channels: int) -> StyleRowsNorm:
+        return StyleRowsNorm(styles, channels)
+
+    net = StyleTransformer(shapes, norm)
+    net.load_state_dict(weights)
     style = Param(
         "style",
         "style_mix",
         "0",
-        choices=tuple(str(i) for i in range(net.styles)),
-        help=f"style 0-{net.styles - 1}, or a blend such as 3:0.5,12:0.5",
+        choices=tuple(str(i) for i in range(styles)),
+        help=f"style 0-{styles - 1}, or a blend such as 3:0.5,12:0.5",
     )
     return ModelDescriptor(
         module=net,

@@ -35,7 +35,7 @@ from server.models.stylegan2 import FAMILY, Generator, build_generator, detect, 
 from .encoder import Encoder, build_encoder
 from .losses import Loss, VGGFeatures, multiscale_loss, perceptual_loss
 from .project import best_start, project
-from .temporal import SMOOTHING, LatentSmoother
+from .smoothing import SMOOTHING, LatentSmoother
 from .toonify import blend_generators, mix_latents
 
 NOISE_MODES = ("const", "random", "none")
@@ -305,7 +305,7 @@ def plate_params(base: Generator, has_style: bool, has_encoder: bool = False) ->
                   help="generator of the layers below the swap resolution"),
         ]
     params += [
-        Param("style_image", "string", "",
+        Param("style_image", "image", "",
               help="image file on the server whose fine-layer latent is mixed in; empty: none"),
         Param("mix_from", "int", n_latent // 2, 1, n_latent - 1,
               help=f"first W+ layer (1..{n_latent - 1}) taken from the style image"),

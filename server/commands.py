@@ -1,0 +1,176 @@
+"""The server's `vst` subcommands (serve, export, eval, convert-stylegan) and the embedded server.
+
+Registered through the `vst.commands` and `vst.embedded` entry-point groups (pyproject.toml), so the
+host-side command line (`vst_plugin.cli`) finds them without naming this package. Nothing heavy is
+imported until a command runs: `vst render --server ...` never loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from vst_plugin.cli import CommandError, add_model_folder_options, add_style_options, render_params
+from vst_plugin.schema import DEFAULT_ADDRESS, FLOW_PRESETS
+
+EMBEDDED_ADDRESS = "tcp://127.0.0.1:0"
+
+
+def register(commands: Any) -> None:
+    """Add the server's subcommands to the `vst` parser's subcommands."""
+    serve = commands.add_parser("serve", help="run the inference server")
+    serve.add_argument("--bind", default=DEFAULT_ADDRESS, metavar="ADDR",
+                       help="tcp://127.0.0.1:PORT or ipc:///path (loopback only)")
+    serve.add_argument("--default-model", default="multistyle26", help="model used when a request names none")
+    serve.add_argument("--sequence-ttl", type=float, default=600.0, metavar="SECONDS",
+                       help="forget a client's sequence state after this long without frames (default 600)")
+    serve.add_argument("--max-sequences", type=int, default=32, metavar="N",
+                       help="sequences whose state is kept at once; the least recently used is dropped first "
+                       "(default 32; a 1080p temporal sequence holds tens of MB)")
+    add_model_folder_options(serve)
+    serve.set_defaults(run=run_serve)
+
+    evaluate = commands.add_parser("eval", help="measure rendered sequences")
+    measures = evaluate.add_subparsers(dest="measure", required=True)
+    temporal = measures.add_parser("temporal", help="warping error of a rendered sequence (Lai et al.)")
+    temporal.add_argument("output", help="rendered sequence pattern")
+    temporal.add_argument("--frames", required=True, help="frame list, e.g. 1001-1100")
+    flows = temporal.add_mutually_exclusive_group(required=True)
+    flows.add_argument("--flow-from", metavar="IN_PATTERN", help="estimate flow (DIS) on these input plates")
+    flows.add_argument("--gt-flow", metavar="PATTERN",
+                       help="ground-truth flow: EXR files with forward.u/v and backward.u/v channels")
+    temporal.add_argument("--preset", default="medium", choices=FLOW_PRESETS)
+    temporal.add_argument("--y-down", action="store_true", help="flow v points down (default: up, as in Nuke)")
+    temporal.add_argument("--json", action="store_true", help="print the report as JSON")
+    evaluate.set_defaults(run=run_eval)
+
+    export = commands.add_parser(
+        "export",
+        help="write a model as TorchScript (Nuke CatFileCreator) or ONNX",
+        description="The file takes one scene-linear RGB tensor [1,3,H,W] of any size and returns the stylized "
+        "scene-linear RGB; colour handling (preserve highlights, sRGB), padding and the chosen style and strength "
+        "are inside it. Runs here (needs torch), no server.",
+    )
+    export.add_argument("model", help="model name or checkpoint path")
+    export.add_argument("--format", required=True, choices=("torchscript", "onnx"))
+    export.add_argument("-o", "--output", required=True, type=Path, help="file to write (.pt / .onnx)")
+    add_style_options(export, style_images=False)
+    export.add_argument(
+        "--models-dir", action="append", type=Path, default=[], metavar="DIR",
+        help="extra folder of model checkpoints (repeatable)",
+    )
+    export.set_defaults(run=run_export)
+
+    convert = commands.add_parser(
+        "convert-stylegan",
+        help="convert an NVlabs stylegan2-ada/stylegan3 .pkl generator to a rosinality checkpoint",
+        description="Reads the pickle without running any code from it (tensors and plain containers only) "
+        "and writes G_ema as a rosinality StyleGAN2 checkpoint (g_ema, latent_avg) the server loads.",
+    )
+    convert.add_argument("input", type=Path, help="NVlabs network pickle (.pkl)")
+    convert.add_argument("output", type=Path, help="rosinality checkpoint to write (.pt)")
+    convert.set_defaults(run=run_convert_stylegan)
+
+
+@contextlib.contextmanager
+def embedded(device: str, model_dirs: Sequence[Path], model_memory: int) -> Iterator[str]:
+    """Run a server in a thread of this process for the length of the block; yields its address."""
+    from server.models import ModelError
+    from server.service import Server, ServerConfig
+
+    try:
+        server = Server(ServerConfig(EMBEDDED_ADDRESS, device, tuple(model_dirs), model_memory))
+    except ModelError as exc:
+        raise CommandError(str(exc)) from None
+    address = server.bind()
+    thread = threading.Thread(target=server.serve_forever, name="vst-embedded-server", daemon=True)
+    thread.start()
+    try:
+        yield address
+    finally:
+        server.stop()
+        thread.join()
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Run the server in the foreground until SIGTERM or Ctrl-C."""
+    import zmq
+
+    from server.models import ModelError
+    from server.service import BindError, Server, ServerConfig
+
+    if args.max_sequences < 1:
+        raise CommandError(f"--max-sequences {args.max_sequences}: keep at least 1 sequence")
+    config = ServerConfig(
+        args.bind, args.device, tuple(args.models_dir), args.model_memory, args.default_model,
+        sequence_ttl=args.sequence_ttl, max_sequences=args.max_sequences,
+    )
+    try:
+        server = Server(config)
+        endpoint = server.bind()
+    except (BindError, ModelError) as exc:
+        raise CommandError(str(exc)) from None
+    except zmq.ZMQError as exc:
+        raise CommandError(f"cannot listen on {args.bind}: {exc} (is another vst server running there?)") from None
+    server.install_signal_handlers()
+    print(f"vst server listening on {endpoint} (device {server.device}); Ctrl-C or SIGTERM stops it", flush=True)
+    server.serve_forever()
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Print the warping error of a rendered sequence, per frame pair and overall."""
+    from server.evaluate import EvaluationError, evaluate_temporal
+    from vst_plugin.exr import ExrError
+    from vst_plugin.sequence import SequenceError, parse_frames
+
+    try:
+        frames = parse_frames(args.frames)
+        report = evaluate_temporal(args.output, frames, args.flow_from, args.gt_flow, args.preset, not args.y_down)
+    except (SequenceError, EvaluationError, ExrError) as exc:
+        raise CommandError(str(exc)) from None
+    if args.json:
+        pairs = [{"frames": [a, b], "warping_error": error} for a, b, error in report.pairs]
+        print(json.dumps({"pairs": pairs, "mean": report.mean}, indent=2))
+        return 0
+    for a, b, error in report.pairs:
+        print(f"{a} -> {b}: {error:.6f}")
+    print(f"warping error (mean of {len(report.pairs)} pairs): {report.mean:.6f}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Write a model with its parameters baked in as TorchScript or ONNX."""
+    from server.export import export
+    from server.models import ModelError, ModelRegistry
+
+    try:
+        model = ModelRegistry(tuple(args.models_dir), "cpu").get(args.model)
+        path = export(model, args.output, args.format, **render_params(args))
+    except ModelError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"wrote {path}: {model.name} ({model.family}) as {args.format}; input and output scene-linear RGB [1,3,H,W]")
+    return 0
+
+
+def run_convert_stylegan(args: argparse.Namespace) -> int:
+    """Convert an NVlabs StyleGAN2 pickle to a rosinality checkpoint."""
+    from server.models import ModelError
+    from server.stylegan.convert import convert_nvlabs
+
+    if not args.input.is_file():
+        raise CommandError(f"{args.input} does not exist")
+    try:
+        config = convert_nvlabs(args.input, args.output)
+    except ModelError as exc:
+        raise CommandError(str(exc)) from None
+    print(
+        f"wrote {args.output}: StyleGAN2 {config.size} px, style dimension {config.style_dim}, "
+        f"{config.n_mlp} mapping layers, {config.n_latent} W+ rows"
+    )
+    return 0
