@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from vst_plugin import install
 from vst_plugin.client import Client, ServerUnavailable, VstError
 from vst_plugin.schema import (
     DEFAULT_ADDRESS,
@@ -188,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_render(commands)
     _add_models(commands)
+    install.register(commands)
     for entry in _entry_points(COMMANDS_GROUP):
         entry.load()(commands)
     return parser
