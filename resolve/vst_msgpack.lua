@@ -188,6 +188,11 @@ local function read_uint(data, position, count)
 end
 
 local function read_int(data, position, count)
+  if count == 8 then -- high half signed, low half unsigned: exact up to 2^53
+    local high = read_int(data, position, 4)
+    local low = read_uint(data, position + 4, 4)
+    return high * 2 ^ 32 + low, position + 8
+  end
   local value, next_position = read_uint(data, position, count)
   if value >= 2 ^ (8 * count - 1) then
     value = value - 2 ^ (8 * count)

@@ -55,14 +55,39 @@ local function fail(code, message)
   error({ code = code, message = message }, 0)
 end
 
---- Load libzmq from the first path of `candidates` that loads; raise {code="libzmq"} if none does.
+-- Keep the loaded libzmq mapped for the life of the process: its I/O threads outlive the Lua state
+-- of a tool (deleted tool, closed comp), and unmapping their code under them crashes the host.
+if ffi.os == "Windows" then
+  ffi.cdef("int GetModuleHandleExA(unsigned long flags, const char *name, void **module);")
+else
+  ffi.cdef("void *dlopen(const char *filename, int flags);")
+end
+
+local function pin(path)
+  if ffi.os == "Windows" then
+    local name = path:lower():match("%.dll$") and path or path .. ".dll"
+    return ffi.C.GetModuleHandleExA(1, name, ffi.new("void *[1]")) ~= 0 -- GET_MODULE_HANDLE_EX_FLAG_PIN
+  end
+  local flags = ffi.os == "OSX" and (0x2 + 0x80) or (0x2 + 0x1000) -- RTLD_NOW | RTLD_NODELETE
+  return ffi.C.dlopen(path, flags) ~= nil
+end
+
+--- Load libzmq from the first path of `candidates` that loads (once per Lua state); raise
+--- {code="libzmq"} if none does.
 function M.load_libzmq(candidates)
+  if M.libzmq then
+    return M.libzmq
+  end
   local tried = {}
   for _, path in ipairs(candidates) do
     local ok, lib = pcall(ffi.load, path)
     if ok then
       local major = ffi.new("int[3]")
       if pcall(function() lib.zmq_version(major, major + 1, major + 2) end) and major[0] >= 4 then
+        if not pin(path) then
+          fail("libzmq", "loaded " .. path .. " but could not keep it loaded")
+        end
+        M.libzmq = lib
         return lib
       end
       tried[#tried + 1] = path .. " (not libzmq 4)"
@@ -116,6 +141,12 @@ function M.Client(zmq, address)
   if self.socket == nil then
     zmq_error(zmq, "zmq_socket")
   end
+  -- closed when the tool's Lua state goes away, socket first (a context with open sockets never ends)
+  local socket, context, zmq_close, zmq_ctx_term = self.socket, self.context, zmq.zmq_close, zmq.zmq_ctx_term
+  self.guard = ffi.gc(ffi.new("char[1]"), function()
+    zmq_close(socket)
+    zmq_ctx_term(context)
+  end)
   set_int(zmq, self.socket, ZMQ_LINGER, 0)
   set_int(zmq, self.socket, ZMQ_RCVTIMEO, SLICE_MS)
   set_int(zmq, self.socket, ZMQ_SNDTIMEO, SLICE_MS)
@@ -134,6 +165,10 @@ function Client:close()
     return
   end
   self.closed = true
+  if self.guard then
+    ffi.gc(self.guard, nil)
+    self.guard = nil
+  end
   if self.socket ~= nil then
     self.zmq.zmq_close(self.socket)
   end
