@@ -22,6 +22,8 @@ definition inside a 2048x1556 frame.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -155,6 +157,36 @@ def test_server_down_fails_the_frame_visibly_without_hanging(fuse_env: str, plat
     # the server comes back (the test server): the same tool renders again
     tool.set("Server", fuse_env)
     assert tool.render(1) is not None
+
+
+def server_pid(address: str) -> int:
+    """The process id of the `vst serve --bind ADDRESS` started by this test session (Linux /proc)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"serve" in command and address.encode() in command:
+            return int(entry.name)
+    raise LookupError(f"no vst serve process binds {address}")
+
+
+def test_a_server_that_stops_answering_fails_the_frame_after_the_timeout(fuse_env: str, plates: str) -> None:
+    """The real server frozen (SIGSTOP) mid-session: no replies, no heartbeats; the frame fails, Resolve does not."""
+    tool = FuseTool()
+    tool.connect(plate_part(plates, 1))
+    assert tool.render(1) is not None, tool.console
+    pid = server_pid(fuse_env)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        assert tool.render(2) is None
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert 9 < elapsed < 14, elapsed
+    assert "no vst server answers" in tool.status and "nothing for 10 s" in tool.status
+    assert tool.render(3) is not None, tool.console  # the server thawed: the tool reconnects
 
 
 def test_bad_parameter_shows_the_servers_message(fuse_env: str, plates: str) -> None:
