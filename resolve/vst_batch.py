@@ -5,7 +5,8 @@ the playhead: Resolve's scripting API has no call for the timeline selection), e
 frames, with up to `--preroll` frames of handle before them, are rendered to EXR through the render
 queue from a temporary timeline holding just that clip (the EXR codec picked from GetRenderCodecs),
 stylized by the same sequence job as `vst render` (temporal mode and pre-roll included), imported into
-the Media Pool and placed on a new video track above the original at the same record frame. Progress
+the Media Pool and placed on a new video track above the original at the same record frame (the frames
+travel as EXR files: the server decodes them, so Resolve's Python needs no imaging library). Progress
 goes to the Console. When anything fails, what the run added (render jobs, temporary timelines, the
 new track, imported clips) is removed again and the current timeline is restored.
 
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 from vst_plugin import Client, VstError  # noqa: E402
 from vst_plugin.cli import CommandError, render_model, render_params, render_temporal  # noqa: E402
-from vst_plugin.jobs import ExrPlanes, JobError, SequenceJob, StyleOptions  # noqa: E402
+from vst_plugin.jobs import ExrBytes, JobError, SequenceJob, StyleOptions  # noqa: E402
 from vst_plugin.protocol import DEFAULT_ADDRESS, HIGHLIGHT_POLICIES  # noqa: E402
 
 if TYPE_CHECKING:
@@ -208,7 +209,7 @@ class RoundTrip:
         def progress(step: Any) -> None:
             self.log(f"vst: stylized frame {step.frame} ({step.done}/{step.total})")
 
-        job = SequenceJob(client, options, source=lambda n: ExrPlanes.load(str(inputs[n])),
+        job = SequenceJob(client, options, source=lambda n: ExrBytes.load(str(inputs[n])),
                           output=lambda n: str(pattern).replace("%08d", f"{n - shot.first:08d}"),
                           preroll=shot.preroll)
         try:
