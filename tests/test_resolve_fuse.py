@@ -32,7 +32,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from vst_plugin import Client
+from vst_plugin import Client, protocol
 from vst_plugin.cli import main
 from vst_plugin.exr import read_exr
 from vst_plugin.frame import Frame, Part
@@ -280,6 +280,15 @@ def test_edit_page_macro_wraps_the_fuse(fuse_env: str) -> None:
     controls = set(tool.fake.inputs.keys())
     for name, entry in inputs.items():
         assert entry.SourceOp == b"vstStyleTransfer1" and entry.Source in controls, name
+
+
+def test_lua_protocol_constants_match_the_protocol_module() -> None:
+    lua = lupa.LuaRuntime(unpack_returned_tuples=True, encoding=None)
+    lua.execute(b'package.path = "' + str(ROOT / "resolve").encode() + b'/?.lua;" .. package.path')
+    wire = lua.eval(b'require("vst_wire")')
+    assert wire.PROTOCOL_VERSION == protocol.PROTOCOL_VERSION
+    assert wire.DEFAULT_ADDRESS.decode() == protocol.DEFAULT_ADDRESS
+    assert {code.decode() for code in wire.ERROR_CODES} == set(protocol.ERROR_CODES)
 
 
 @pytest.mark.parametrize("value", [
