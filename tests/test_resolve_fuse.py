@@ -232,6 +232,12 @@ def test_temporal_sequence_matches_the_python_client(fuse_env: str, plates: str)
     np.testing.assert_allclose(fuse[1]["G"], temporal[1].channels["G"], atol=1e-5)
 
 
+def test_no_input_fails_with_a_message(fuse_env: str) -> None:
+    tool = FuseTool()
+    assert tool.render(1) is None
+    assert tool.status == "ERROR at frame 1: the tool has no input image: connect its Input"
+
+
 def test_precalc_is_answered_without_the_server(fuse_env: str, plates: str, free_address) -> None:
     tool = FuseTool()
     tool.set("Server", free_address())
