@@ -140,6 +140,27 @@ def test_overscan_domain_of_definition(fuse_env: str, plates: str) -> None:
     assert np.array_equal(styled["Z"], channels["Z"].astype(np.float32))
 
 
+@pytest.mark.parametrize("width, height", [(1, 1), (37, 23)])
+def test_odd_sizes_and_transparent_pixels(fuse_env: str, plates: str, width: int, height: int) -> None:
+    source = plate_part(plates, 3)
+    channels = {n: source.channels[n][:height, :width].astype(np.float32) for n in "RGBA"}
+    channels["A"][: height // 2] = 0  # a transparent band
+    window = (0, 0, width - 1, height - 1)
+    part = Part(channels, window, window)
+    tool = FuseTool()
+    tool.set("Style", "19")
+    tool.connect(part)
+    out = tool.render(1)
+    assert out is not None, tool.console
+    styled = tool.planes(out, part)
+    with Client(fuse_env) as client:
+        reference = client.stylize(rgba_frame(part), params={"style": "19", "strength": 1.0},
+                                   colorspace=DEFAULT_COLOURSPACE).parts[0]
+    for channel in "RGB":
+        np.testing.assert_allclose(styled[channel], reference.channels[channel], rtol=0, atol=1e-5)
+    assert np.array_equal(styled["A"], channels["A"])
+
+
 def test_server_down_fails_the_frame_visibly_without_hanging(fuse_env: str, plates: str,
                                                              free_address) -> None:
     tool = FuseTool()
