@@ -98,6 +98,11 @@ def find_shots(timeline: Timeline, preroll: int) -> list[Shot]:
                           max(0, min(preroll, handle))))
     if not shots:
         raise BatchError("the in/out range holds no video clips with media")
+    shots.sort(key=lambda shot: shot.record)
+    for before, after in zip(shots, shots[1:], strict=False):
+        if after.record < before.record + before.count:
+            raise BatchError(f"'{before.name}' and '{after.name}' overlap in the in/out range (clips on several "
+                             "tracks): mark a range where one track holds the clips")
     return shots
 
 

@@ -99,6 +99,18 @@ def test_in_out_range_trims_the_clip(plates: str, server_address: str, tmp_path:
     assert [path.name for path in placed.media.frames] == ["vst.00000000.exr", "vst.00000001.exr"]
 
 
+def test_overlapping_clips_on_two_tracks_are_refused_before_any_work(plates: str) -> None:
+    project, original = project_with_clip(plates)
+    timeline = project.timelines[0]
+    timeline.tracks.append([fake_resolve.TimelineItem(original.media, "above", 86411, 0, 2)])
+    timeline.marks = {"video": {"in": 0, "out": 20}}
+    with pytest.raises(vst_batch.BatchError, match="overlap"):
+        vst_batch.find_shots(timeline, preroll=0)
+    timeline.marks = {"video": {"in": 0, "out": 10}}  # only the lower clip's first frame
+    (shot,) = vst_batch.find_shots(timeline, preroll=4)
+    assert (shot.first, shot.last, shot.record, shot.preroll) == (1, 1, 86410, 1)
+
+
 def test_a_failed_stylize_leaves_the_project_as_it_was(plates: str, server_address: str, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture) -> None:
     project, _ = project_with_clip(plates)
