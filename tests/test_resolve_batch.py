@@ -141,8 +141,9 @@ def test_no_server_no_change(plates: str, free_address, tmp_path: Path, capsys: 
     assert "vst: error" in capsys.readouterr().out
 
 
-def run_mypy(path: Path) -> subprocess.CompletedProcess:
-    config = path.parent / "mypy.ini"
+def run_mypy(path: Path, folder: Path) -> subprocess.CompletedProcess:
+    """mypy on one file: imported project modules are read for their types, their own errors not reported."""
+    config = folder / "mypy.ini"
     config.write_text(textwrap.dedent("""\
         [mypy]
         follow_imports = silent
@@ -151,16 +152,16 @@ def run_mypy(path: Path) -> subprocess.CompletedProcess:
         follow_imports = skip
     """))
     return subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(config), "--cache-dir",
-                           str(path.parent / "cache"), str(path)], capture_output=True, text=True)
+                           str(folder / "cache"), str(path)], capture_output=True, text=True)
 
 
 def test_batch_script_type_checks_against_fusionscript_stubs(tmp_path: Path) -> None:
     pytest.importorskip("mypy")
-    result = run_mypy(ROOT / "resolve" / "vst_batch.py")
+    result = run_mypy(ROOT / "resolve" / "vst_batch.py", tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     # the stubs are in effect: a wrong track type is caught
     wrong = tmp_path / "wrong.py"
     wrong.write_text("from fusionscript import Timeline\n\ndef f(t: Timeline) -> int:\n"
                      "    return t.GetTrackCount('videos')\n")
-    result = run_mypy(wrong)
+    result = run_mypy(wrong, tmp_path)
     assert result.returncode == 1 and "GetTrackCount" in result.stdout, result.stdout
