@@ -20,6 +20,7 @@ PYTHONPATH) and a `vst serve` running:
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -31,9 +32,10 @@ from typing import TYPE_CHECKING, Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's vst_plugin
 
 from vst_plugin import Client, VstError  # noqa: E402
-from vst_plugin.cli import CommandError, render_model, render_params, render_temporal  # noqa: E402
-from vst_plugin.jobs import ExrBytes, JobError, SequenceJob, StyleOptions  # noqa: E402
-from vst_plugin.protocol import DEFAULT_ADDRESS, HIGHLIGHT_POLICIES  # noqa: E402
+from vst_plugin.cli import CommandError, add_connection_options, add_style_options, connect, render_settings  # noqa: E402
+from vst_plugin.jobs import ExrBytes, JobError, Progress  # noqa: E402
+from vst_plugin.render import RenderError, RenderSpec  # noqa: E402
+from vst_plugin.schema import FLOW_PRESETS, HIGHLIGHT_POLICIES, StylizeSettings  # noqa: E402
 
 if TYPE_CHECKING:
     from fusionscript import MediaPool, MediaPoolItem, Project, Resolve, Timeline, TimelineItem
@@ -137,7 +139,7 @@ class RoundTrip:
         self.log = log
         self._undo: list[Callable[[], Any]] = []
 
-    def run(self, client: Client, options: StyleOptions, work_dir: Path, preroll: int) -> list[MediaPoolItem]:
+    def run(self, client: Client, settings: StylizeSettings, work_dir: Path, preroll: int) -> list[MediaPoolItem]:
         """Render, stylize, import and place every shot; on failure leave the project as it was."""
         try:
             shots = find_shots(self.timeline, preroll)
@@ -147,9 +149,11 @@ class RoundTrip:
                 self.log(f"vst: shot {number}/{len(shots)} '{shot.name}': source frames {shot.first}-{shot.last}"
                          f" (+{shot.preroll} pre-roll)")
                 folder = work_dir / f"shot{number:03d}"
-                inputs = self.render_source(shot, folder / "source")
-                outputs = self.stylize(client, options, shot, inputs, folder / "vst")
-                item = self.import_frames(outputs, shot.count)
+                spec = RenderSpec(str(folder / "source" / "source.%08d.exr"), str(folder / "vst" / "vst.%08d.exr"),
+                                  tuple(range(shot.count)), settings, shot.preroll)
+                self.render_source(shot, spec)
+                self.stylize(client, spec, shot)
+                item = self.import_frames(spec.output, shot.count)
                 if track is None:
                     track = self.add_track()
                 self.place(item, shot, track)
@@ -160,9 +164,16 @@ class RoundTrip:
             self.rollback()
             raise
 
-    def render_source(self, shot: Shot, folder: Path) -> dict[int, Path]:
-        """Render the shot's source frames (pre-roll first) to EXR; returns source frame -> file."""
+    def render_source(self, shot: Shot, spec: RenderSpec) -> None:
+        """Render the shot's source frames (pre-roll first) to EXR as `spec`'s inputs.
+
+        The render's frames count from 0 at the shot's first frame (pre-roll frames are negative), so the
+        stylized sequence starts at 0 too.
+        """
+        folder = Path(spec.input_path(0)).parent
         folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.exr"):  # an earlier run's frames would be taken for this render's
+            stale.unlink()
         start = shot.first - shot.preroll
         temporary = self.media_pool.CreateTimelineFromClips(
             f"vst source {shot.name} {int(time.time())}",
@@ -204,28 +215,24 @@ class RoundTrip:
         if len(files) != expected:
             raise BatchError(f"Resolve rendered {len(files)} EXR file(s) of '{shot.name}' into {folder}, "
                              f"expected {expected}")
-        return {start + index: path for index, path in enumerate(files)}
+        for index, path in enumerate(files):
+            os.replace(path, spec.input_path(index - shot.preroll))
 
-    def stylize(self, client: Client, options: StyleOptions, shot: Shot, inputs: dict[int, Path],
-                folder: Path) -> Path:
-        """Run the sequence job over the shot; returns the printf pattern of the results (numbered from 0)."""
-        pattern = folder / "vst.%08d.exr"
+    def stylize(self, client: Client, spec: RenderSpec, shot: Shot) -> None:
+        """Run the render's sequence job (the frames travel as EXR files: no imaging library needed here)."""
 
-        def progress(step: Any) -> None:
-            self.log(f"vst: stylized frame {step.frame} ({step.done}/{step.total})")
+        def progress(step: Progress) -> None:
+            self.log(f"vst: stylized frame {shot.first + step.frame} ({step.done}/{step.total})")
 
-        job = SequenceJob(client, options, source=lambda n: ExrBytes.load(str(inputs[n])),
-                          output=lambda n: str(pattern).replace("%08d", f"{n - shot.first:08d}"),
-                          preroll=shot.preroll)
         try:
-            job.run(range(shot.first, shot.last + 1), progress)
-        except JobError as exc:
+            spec.check()
+            spec.job(client, load=ExrBytes.load).run(spec.frames, progress)
+        except (JobError, RenderError) as exc:
             raise BatchError(f"'{shot.name}' {exc}") from exc
-        return pattern
 
-    def import_frames(self, pattern: Path, count: int) -> MediaPoolItem:
+    def import_frames(self, pattern: str, count: int) -> MediaPoolItem:
         """Import the stylized frames as one image-sequence clip into the current Media Pool folder."""
-        items = self.media_pool.ImportMedia([{"FilePath": str(pattern), "StartIndex": 0, "EndIndex": count - 1}])
+        items = self.media_pool.ImportMedia([{"FilePath": pattern, "StartIndex": 0, "EndIndex": count - 1}])
         if not items:
             raise BatchError(f"Resolve could not import {pattern}")
         self._undo.append(lambda: self.media_pool.DeleteClips(items))
@@ -263,32 +270,21 @@ class RoundTrip:
 def build_parser() -> argparse.ArgumentParser:
     """The options of `vst render` that a round trip uses (same names, same meaning)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server", default=DEFAULT_ADDRESS, metavar="ADDR")
-    parser.add_argument("--timeout", type=float, default=10.0,
-                        help="seconds without any answer before the server counts as gone (default 10)")
     parser.add_argument("--work-dir", type=Path, required=True, help="folder for the source and stylized EXR frames")
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--style", default=None)
-    parser.add_argument("--strength", type=float, default=None)
-    parser.add_argument("--style-image", default=None)
-    parser.add_argument("--style-image-b", default=None)
-    parser.add_argument("--style-mix", type=float, default=None)
-    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
-    parser.add_argument("--input-colorspace", default=DEFAULT_COLORSPACE,
+    parser.add_argument("--model", default=None, help="model name or checkpoint path (default: the server's)")
+    add_style_options(parser)
+    parser.add_argument("--input-colorspace", default=DEFAULT_COLORSPACE, metavar="NAME",
                         help=f"colour space of Resolve's EXR renders (default {DEFAULT_COLORSPACE})")
     parser.add_argument("--highlights", default="preserve", choices=HIGHLIGHT_POLICIES)
-    parser.add_argument("--temporal", type=float, nargs="?", const=0.8, default=None, metavar="STRENGTH")
-    parser.add_argument("--flow-preset", default="fast", choices=("ultrafast", "fast", "medium"))
+    parser.add_argument("--temporal", type=float, nargs="?", const=0.8, default=None, metavar="STRENGTH",
+                        help="blend the previous result warped along the motion, 0..1 (flag alone: 0.8)")
+    parser.add_argument("--flow-preset", default="fast", choices=FLOW_PRESETS)
     parser.add_argument("--no-vectors", action="store_true")
     parser.add_argument("--preroll", type=int, default=0, metavar="N",
                         help="stylize up to N frames of handle before each clip first (temporal mode)")
+    add_connection_options(parser)
+    parser.set_defaults(layers=None, tile=None)
     return parser
-
-
-def options_from(args: argparse.Namespace) -> StyleOptions:
-    """The style options of the run, built as `vst render` builds them."""
-    return StyleOptions(model=render_model(args), params=render_params(args), colorspace=args.input_colorspace,
-                        highlights=args.highlights, temporal=render_temporal(args))
 
 
 def connect_resolve() -> Resolve:
@@ -312,11 +308,10 @@ def main(argv: list[str] | None = None, resolve: Resolve | None = None) -> int:
     """Entry point: parse the options, run the round trip, report errors in the Console."""
     args = build_parser().parse_args(argv)
     try:
-        options = options_from(args)
+        settings = render_settings(args)
         trip = RoundTrip(resolve or connect_resolve())
-        with Client(args.server, timeout=args.timeout) as client:
-            client.hello()
-            trip.run(client, options, args.work_dir, args.preroll)
+        with connect(args) as client:
+            trip.run(client, settings, args.work_dir, args.preroll)
     except (VstError, CommandError) as exc:
         print(f"vst: error: {exc}")
         return 1

@@ -32,7 +32,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from vst_plugin import Client, protocol
+from vst_plugin import Client, schema
 from vst_plugin.cli import main
 from vst_plugin.exr import read_exr
 from vst_plugin.frame import Frame, Part
@@ -309,13 +309,13 @@ def test_edit_page_macro_wraps_the_fuse(fuse_env: str) -> None:
         assert entry.SourceOp == b"vstStyleTransfer1" and entry.Source in controls, name
 
 
-def test_lua_protocol_constants_match_the_protocol_module() -> None:
+def test_lua_protocol_constants_match_the_schema() -> None:
     lua = lupa.LuaRuntime(unpack_returned_tuples=True, encoding=None)
     lua.execute(b'package.path = "' + str(ROOT / "resolve").encode() + b'/?.lua;" .. package.path')
     wire = lua.eval(b'require("vst_wire")')
-    assert wire.PROTOCOL_VERSION == protocol.PROTOCOL_VERSION
-    assert wire.DEFAULT_ADDRESS.decode() == protocol.DEFAULT_ADDRESS
-    assert {code.decode() for code in wire.ERROR_CODES} == set(protocol.ERROR_CODES)
+    assert wire.PROTOCOL_VERSION == schema.PROTOCOL_VERSION
+    assert wire.DEFAULT_ADDRESS.decode() == schema.DEFAULT_ADDRESS
+    assert {code.decode() for code in wire.ERROR_CODES} == set(schema.ERROR_CODES)
 
 
 @pytest.mark.parametrize("value", [
