@@ -203,10 +203,16 @@ def test_a_server_that_stops_answering_fails_the_frame_after_the_timeout(fuse_en
         started = time.monotonic()
         assert tool.render(2) is None
         elapsed = time.monotonic() - started
+        timed_out = tool.status
+        tool.lua.globals().self.Status = b"Abort"  # the user cancels a render: waiting stops at once
+        started = time.monotonic()
+        assert tool.render(3) is None
+        assert time.monotonic() - started < 1 and "cancelled" in tool.status
+        tool.lua.globals().self.Status = b"OK"
     finally:
         os.kill(pid, signal.SIGCONT)
     assert 9 < elapsed < 14, elapsed
-    assert "no vst server answers" in tool.status and "nothing for 10 s" in tool.status
+    assert "no vst server answers" in timed_out and "nothing for 10 s" in timed_out
     assert tool.render(3) is not None, tool.console  # the server thawed: the tool reconnects
 
 
