@@ -63,7 +63,10 @@ end
 -- Keep the loaded libzmq mapped for the life of the process: its I/O threads outlive the Lua state
 -- of a tool (deleted tool, closed comp), and unmapping their code under them crashes the host.
 if ffi.os == "Windows" then
-  ffi.cdef("int GetModuleHandleExA(unsigned long flags, const char *name, void **module);")
+  ffi.cdef([[
+int GetModuleHandleExA(unsigned long flags, const char *name, void **module);
+void *LoadLibraryExA(const char *name, void *file, unsigned long flags);
+]])
 else
   ffi.cdef("void *dlopen(const char *filename, int flags);")
 end
@@ -85,6 +88,11 @@ function M.load_libzmq(candidates)
   end
   local tried = {}
   for _, path in ipairs(candidates) do
+    if ffi.os == "Windows" and path:find("[/\\]") then
+      -- load it first with its own folder searched for what it links against (the MSVC runtime copied
+      -- beside it); ffi.load then finds the module already loaded
+      ffi.C.LoadLibraryExA((path:gsub("/", "\\")), nil, 0x8) -- LOAD_WITH_ALTERED_SEARCH_PATH, backslashes
+    end
     local ok, lib = pcall(ffi.load, path)
     if ok then
       local major = ffi.new("int[3]")
