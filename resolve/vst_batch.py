@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from fusionscript import MediaPool, MediaPoolItem, Project, Resolve, Timeline, TimelineItem
     from fusionscript.fusionscript import MediaPoolClipInfo
 
-DEFAULT_COLORSPACE = "g24_rec709_tx"
+RESOLVE_COLORSPACE = "g24_rec709_tx"
 """Resolve renders EXR in the timeline's encoding, usually Rec.709 gamma 2.4."""
 POLL_SECONDS = 0.5
 
@@ -273,8 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", type=Path, required=True, help="folder for the source and stylized EXR frames")
     parser.add_argument("--model", default=None, help="model name or checkpoint path (default: the server's)")
     add_style_options(parser)
-    parser.add_argument("--input-colorspace", default=DEFAULT_COLORSPACE, metavar="NAME",
-                        help=f"colour space of Resolve's EXR renders (default {DEFAULT_COLORSPACE})")
+    parser.add_argument("--input-colorspace", default=RESOLVE_COLORSPACE, metavar="NAME",
+                        help=f"colour space of Resolve's EXR renders (default {RESOLVE_COLORSPACE})")
     parser.add_argument("--highlights", default="preserve", choices=HIGHLIGHT_POLICIES)
     parser.add_argument("--temporal", type=float, nargs="?", const=0.8, default=None, metavar="STRENGTH",
                         help="blend the previous result warped along the motion, 0..1 (flag alone: 0.8)")

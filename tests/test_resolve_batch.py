@@ -76,7 +76,7 @@ def test_round_trip_places_the_stylized_clip_above_at_the_same_record_frame(
     # the same frames through `vst render` with the same options: source frames 1-3 are plates 2-4,
     # and the one frame of handle (plate 1) is the pre-roll
     assert main(["render", plates, str(tmp_path / "ref.####.exr"), "--frames", "2-4", "--style", "7", "--temporal",
-                 "0.8", "--preroll", "1", "--input-colorspace", vst_batch.DEFAULT_COLORSPACE, "--server",
+                 "0.8", "--preroll", "1", "--input-colorspace", vst_batch.RESOLVE_COLORSPACE, "--server",
                  server_address]) == 0
     for offset, path in enumerate(placed.media.frames):
         ours, reference = read_exr(path).parts[0], read_exr(tmp_path / f"ref.{offset + 2:04d}.exr").parts[0]
