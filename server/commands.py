@@ -32,6 +32,10 @@ def register(commands: Any) -> None:
     serve.add_argument("--max-sequences", type=int, default=32, metavar="N",
                        help="sequences whose state is kept at once; the least recently used is dropped first "
                        "(default 32; a 1080p temporal sequence holds tens of MB)")
+    serve.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
+                       help="stop after this long without requests (render nodes: no server outlives its job)")
+    serve.add_argument("--parent-pid", type=int, default=None, metavar="PID",
+                       help="stop when process PID ends (the farm worker or job that started the server)")
     add_model_folder_options(serve)
     serve.set_defaults(run=run_serve)
 
@@ -108,7 +112,8 @@ def run_serve(args: argparse.Namespace) -> int:
         raise CommandError(f"--max-sequences {args.max_sequences}: keep at least 1 sequence")
     config = ServerConfig(
         args.bind, args.device, tuple(args.models_dir), args.model_memory, args.default_model,
-        sequence_ttl=args.sequence_ttl, max_sequences=args.max_sequences,
+        sequence_ttl=args.sequence_ttl, max_sequences=args.max_sequences, idle_exit=args.idle_exit,
+        parent_pid=args.parent_pid,
     )
     try:
         server = Server(config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import signal
 import threading
 import time
@@ -55,6 +56,10 @@ class ServerConfig:
     max_message_bytes: int = 8 << 30
     sequence_ttl: float = 600.0
     max_sequences: int = 32
+    idle_exit: float | None = None
+    """Stop after this many seconds without requests and with nothing in flight (None: never)."""
+    parent_pid: int | None = None
+    """Stop when this process ends (the farm worker or job that started the server)."""
 
 
 def check_loopback(address: str) -> None:
@@ -96,6 +101,8 @@ class Server:
         self._stopping = threading.Event()
         self._in_flight = 0
         self._started = time.monotonic()
+        self._last_request = self._started
+        self._watched_parent = config.parent_pid is not None and config.parent_pid == os.getppid()
         self.requests = 0
         self.errors = 0
         self.endpoint: str | None = None
@@ -143,6 +150,9 @@ class Server:
                         self._in_flight -= 1
                     else:
                         self._handle(self._router.recv_multipart(copy=False))
+                if not self._stopping.is_set() and (reason := self._lifetime_over()):
+                    log.warning("vst server stopping: %s", reason)
+                    self.stop()
         finally:
             self._worker.stop()
             self._worker.join()
@@ -151,11 +161,21 @@ class Server:
             self._router.close()
             log.info("vst server stopped")
 
+    def _lifetime_over(self) -> str | None:
+        """Why the server should stop on its own (--idle-exit, --parent-pid), or None."""
+        idle_exit, parent = self.config.idle_exit, self.config.parent_pid
+        if idle_exit is not None and self._in_flight == 0 and time.monotonic() - self._last_request > idle_exit:
+            return f"no requests for {idle_exit:g} s (--idle-exit)"
+        if parent is not None and not _alive(parent, self._watched_parent):
+            return f"process {parent} that started it has ended (--parent-pid)"
+        return None
+
     # ---- requests ---------------------------------------------------------------------------
 
     def _handle(self, frames: list[Any]) -> None:
         identity = frames[0].bytes
         self.requests += 1
+        self._last_request = time.monotonic()
         header = None
         try:
             message = protocol.decode_request(frames[1:])
@@ -262,6 +282,19 @@ class Server:
             "models_loaded": self.registry.loaded(),
             "model_memory_budget": self.config.model_memory,
         }
+
+
+def _alive(pid: int, is_parent: bool) -> bool:
+    """Whether process `pid` still runs; a parent counts as gone once this process is re-parented."""
+    if is_parent:
+        return os.getppid() == pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
 
 
 def _given(frame: Frame) -> Frame:

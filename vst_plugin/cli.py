@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any
 
 from vst_plugin import install
 from vst_plugin.client import Client, ServerUnavailable, VstError
+from vst_plugin.farm import commands as farm_commands
 from vst_plugin.schema import (
     DEFAULT_ADDRESS,
     DEFAULT_COLORSPACE,
@@ -68,8 +69,8 @@ def add_model_folder_options(parser: argparse.ArgumentParser) -> None:
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
     """--server / --embedded and --timeout: how a host command reaches a server."""
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--server", default=DEFAULT_ADDRESS, metavar="ADDR",
-                       help=f"address of a running vst server (default {DEFAULT_ADDRESS})")
+    where.add_argument("--server", default=os.environ.get("VST_SERVER", DEFAULT_ADDRESS), metavar="ADDR",
+                       help=f"address of a running vst server (default $VST_SERVER, else {DEFAULT_ADDRESS})")
     where.add_argument("--embedded", action="store_true", help="run a server inside this command")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds without any answer before the server counts as gone (default 10)")
@@ -166,6 +167,8 @@ def _add_render(commands: Any) -> None:
                         help="estimate flow even when the plates carry backward/forward motion vectors")
     render.add_argument("--preroll", type=int, default=0, metavar="N",
                         help="render N frames before the first one and discard them (chunked temporal renders)")
+    render.add_argument("--skip-existing", action="store_true",
+                        help="leave frames whose output exists (outputs are written atomically): resume a render")
     add_connection_options(render)
     render.set_defaults(run=run_render)
 
@@ -190,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_render(commands)
     _add_models(commands)
     install.register(commands)
+    farm_commands.register(commands)
     for entry in _entry_points(COMMANDS_GROUP):
         entry.load()(commands)
     return parser
@@ -223,8 +227,12 @@ def connect(args: argparse.Namespace) -> Iterator[Client]:
         yield client
 
 
-def run_render(args: argparse.Namespace) -> int:
-    """Stylize a sequence, several frames in flight, each output written atomically."""
+def run_render(args: argparse.Namespace, on_frame: Callable[[int], None] | None = None) -> int:
+    """Stylize a sequence, several frames in flight, each output written atomically.
+
+    `on_frame(number)` is called as each frame is written (a farm task's progress); the progress bar
+    shows only without it.
+    """
     from tqdm import tqdm
 
     from vst_plugin.jobs import JobError
@@ -235,6 +243,12 @@ def run_render(args: argparse.Namespace) -> int:
     except SequenceError as exc:
         raise CommandError(str(exc)) from None
     spec = RenderSpec(args.input, args.output, frames, render_settings(args), args.preroll)
+    if args.skip_existing:
+        frames = tuple(n for n in frames if not os.path.isfile(spec.output_path(n)))
+        if not frames:
+            print("every output frame exists already (--skip-existing)")
+            return 0
+        spec = replace(spec, frames=frames)
     try:
         spec.check()
         preroll = spec.available_preroll()
@@ -244,9 +258,11 @@ def run_render(args: argparse.Namespace) -> int:
         print(f"vst render: pre-roll shortened to {preroll} frame(s): the plates before frame "
               f"{frames[0]} end there", file=sys.stderr)
     spec = replace(spec, preroll=preroll)
-    with connect(args) as client, tqdm(total=len(frames), unit="frame", desc="vst render") as progress:
+    with connect(args) as client, tqdm(total=len(frames), unit="frame", desc="vst render",
+                                       disable=on_frame is not None) as progress:
         try:
-            spec.run(client, in_flight=max(1, args.in_flight), progress=lambda _: progress.update(1))
+            spec.run(client, in_flight=max(1, args.in_flight),
+                     progress=lambda done: progress.update(1) if on_frame is None else on_frame(done.frame))
         except JobError as exc:
             raise CommandError(str(exc)) from None
     print(f"wrote {len(frames)} frame(s) to {os.path.dirname(os.path.abspath(spec.output_path(frames[0])))}")
@@ -286,7 +302,10 @@ def main(argv: list[str] | None = None) -> int:
               f"({', '.join(_command_names(parser))}). Server commands come with the server: {SERVER_EXTRA}",
               file=sys.stderr)
         return 2
-    args = parser.parse_args(argv)
+    args, render_options = parser.parse_known_args(argv)  # farm commands pass render options on
+    if render_options and not getattr(args, "render_options_allowed", False):
+        parser.error(f"unrecognized arguments: {' '.join(render_options)}")
+    args.render_options = render_options
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         return args.run(args)

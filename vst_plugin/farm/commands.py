@@ -1,0 +1,189 @@
+"""The farm commands: `vst farm`, `vst submit openjd|deadline`, `vst verify`, `vst farm-server start|stop`.
+
+`vst farm` and `vst submit` take the options of `vst render` as they are (style, model, temporal,
+pre-roll, device...): they are checked with `vst render`'s own parser and handed to every chunk
+unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+
+from vst_plugin.farm import chunks
+from vst_plugin.farm.servers import DEFAULT_IDLE_EXIT, ServerProcess
+from vst_plugin.sequence import SequenceError, frame_path, has_frame_token, parse_frames
+
+RESERVED = ("--server", "--embedded", "--frames", "--skip-existing")
+"""`vst render` options a farm sets itself for each chunk."""
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add the farm commands to the `vst` command's subparsers."""
+    from vst_plugin.cli import _server_options
+
+    verify = commands.add_parser("verify", help="check that every frame of a render exists and is complete")
+    verify.add_argument("output", help="rendered sequence pattern, e.g. out.####.exr")
+    verify.add_argument("--frames", required=True, help="expected frames, e.g. 1001-1100")
+    verify.set_defaults(run=run_verify)
+
+    server = commands.add_parser("farm-server", help="start or stop the vst server of a render node's session")
+    actions = server.add_subparsers(dest="action", required=True)
+    start = actions.add_parser("start", help="start `vst serve` in the background, record it in STATE")
+    start.add_argument("state", help="state file (JSON) that `farm-server stop` reads")
+    start.add_argument("--idle-exit", type=float, default=DEFAULT_IDLE_EXIT, metavar="SECONDS",
+                       help=f"the server stops after this long without requests (default {DEFAULT_IDLE_EXIT:g})")
+    start.add_argument("--openjd-env", action="store_true",
+                       help="print `openjd_env: VST_SERVER=ADDR` (an Open Job Description session variable)")
+    start.add_argument("--cpu", action="store_true", help="same as --device cpu")
+    _server_options(start)
+    start.set_defaults(run=run_server_start)
+    stop = actions.add_parser("stop", help="stop the server recorded in STATE and wait until it has gone")
+    stop.add_argument("state", help="state file written by `farm-server start`")
+    stop.set_defaults(run=run_server_stop)
+
+    farm = commands.add_parser(
+        "farm", allow_abbrev=False, help="render a sequence in chunks on a Dask cluster",
+        description="Render options (--style, --model, --temporal, --preroll, --device ...) are those of "
+        "`vst render`. Each worker offers one GPU slot (`dask worker ADDR --resources GPU=1 --nthreads 1`) "
+        "and runs one vst server.",
+    )
+    _job_arguments(farm)
+    cluster = farm.add_mutually_exclusive_group(required=True)
+    cluster.add_argument("--scheduler", metavar="ADDR", help="address of a Dask scheduler, e.g. tcp://farm01:8786")
+    cluster.add_argument("--local", type=int, metavar="N", help="run N workers on this machine (a LocalCluster)")
+    farm.add_argument("--idle-exit", type=float, default=DEFAULT_IDLE_EXIT, metavar="SECONDS",
+                      help="a worker's server stops after this long without requests "
+                      f"(default {DEFAULT_IDLE_EXIT:g})")
+    farm.set_defaults(run=run_farm, render_options_allowed=True)
+
+
+def _job_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="input sequence pattern, e.g. plate.####.exr")
+    parser.add_argument("output", help="output sequence pattern")
+    parser.add_argument("--frames", required=True, help="frames to render, e.g. 1001-1100")
+    parser.add_argument("--chunk", type=int, required=True, metavar="N", help="frames per chunk (farm task)")
+
+
+def render_namespace(input: str, output: str, frames: str, options: list[str]) -> argparse.Namespace:
+    """`vst render INPUT OUTPUT --frames FRAMES OPTIONS...` parsed by `vst render`'s own parser."""
+    from vst_plugin.cli import CommandError, build_parser
+
+    for option in options:
+        if option.split("=", 1)[0] in RESERVED:
+            raise CommandError(f"{option}: the farm sets this for each chunk itself; leave it out")
+    try:
+        return build_parser().parse_args(["render", input, output, "--frames", frames, *options])
+    except SystemExit:  # argparse has printed what is wrong
+        raise CommandError(f"the render options {' '.join(options)!r} are not valid `vst render` options") from None
+
+
+def serve_options(render: argparse.Namespace, cpu: bool = False) -> list[str]:
+    """The `vst serve` options (device, model folders, memory) among a command's options."""
+    options = ["--device", "cpu" if cpu else render.device, "--model-memory", str(render.model_memory)]
+    for folder in render.models_dir:
+        options += ["--models-dir", str(Path(folder).expanduser().absolute())]
+    return options
+
+
+def check_job(args: argparse.Namespace) -> tuple[argparse.Namespace, list[int]]:
+    """Check a farm job's sequences, frames, chunking and render options; return the render options and frames."""
+    from vst_plugin.cli import CommandError
+
+    render = render_namespace(args.input, args.output, args.frames, args.render_options)
+    try:
+        frames = parse_frames(args.frames)
+        for pattern in (args.input, args.output):
+            if not has_frame_token(pattern):
+                raise CommandError(f"{pattern}: a farm job needs a frame token (#### or %04d) in IN and OUT")
+        if args.chunk < 1:
+            raise CommandError(f"--chunk {args.chunk}: a chunk needs at least 1 frame")
+    except SequenceError as exc:
+        raise CommandError(str(exc)) from None
+    missing = [n for n in frames if not os.path.isfile(frame_path(args.input, n))]
+    if missing:
+        shown = ", ".join(f"{n} ({frame_path(args.input, n)})" for n in missing[:5])
+        raise CommandError(f"{len(missing)} input frame(s) missing: {shown}{' ...' if len(missing) > 5 else ''}")
+    if render.temporal is not None and 0 < args.chunk < 5 * render.preroll:
+        print(f"vst {args.command}: --chunk {args.chunk} is short for --preroll {render.preroll}: each chunk "
+              "renders its pre-roll again; chunks of at least 5x the pre-roll are recommended", file=sys.stderr)
+    return render, frames
+
+
+def verify_or_fail(output: str, frames: list[int]) -> int:
+    """Print the verification of a render; 0 when every frame is complete, 1 otherwise."""
+    from vst_plugin.farm import verify
+
+    found = verify.problems(lambda n: frame_path(output, n), frames)
+    print(f"vst verify: {verify.report(found, len(frames))}", file=sys.stderr if found else sys.stdout)
+    return 1 if found else 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """`vst verify`: exit 1 listing every missing or incomplete frame."""
+    from vst_plugin.cli import CommandError
+
+    try:
+        frames = parse_frames(args.frames)
+        frame_path(args.output, frames[0])
+    except SequenceError as exc:
+        raise CommandError(str(exc)) from None
+    return verify_or_fail(args.output, frames)
+
+
+def run_server_start(args: argparse.Namespace) -> int:
+    """`vst farm-server start`: a detached server for this session, recorded in the state file."""
+    log = os.path.splitext(os.path.abspath(args.state))[0] + ".log"
+    server = ServerProcess.start(serve_options(args, args.cpu), log, idle_exit=args.idle_exit, detach=True)
+    server.save(args.state)
+    print(f"vst server {server.pid} listening on {server.address} (log {server.log})", flush=True)
+    if args.openjd_env:
+        print(f"openjd_env: VST_SERVER={server.address}", flush=True)
+    return 0
+
+
+def run_server_stop(args: argparse.Namespace) -> int:
+    """`vst farm-server stop`: stop the recorded server and wait until it has gone."""
+    server = ServerProcess.load(args.state)
+    server.stop()
+    print(f"vst server {server.pid} on {server.address} stopped")
+    return 0
+
+
+def run_farm(args: argparse.Namespace) -> int:
+    """`vst farm`: the chunks on a Dask cluster with a progress bar over frames, then the verification."""
+    import distributed
+    from tqdm import tqdm
+
+    from vst_plugin.farm import dask_farm
+
+    render, frames = check_job(args)
+    if not args.verbose:  # Dask logs every connection at INFO; keep the progress bar readable
+        os.environ["DASK_LOGGING__DISTRIBUTED"] = "warning"  # LocalCluster's worker processes
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    job = dask_farm.FarmJob(args.input, args.output, tuple(args.render_options))
+    plugin = dask_farm.ServerPlugin(serve_options(render), args.idle_exit)
+    done: set[int] = set()
+    lock = threading.Lock()
+    with tqdm(total=len(frames), unit="frame", desc="vst farm") as progress:
+
+        def on_frame(number: int) -> None:
+            with lock:
+                if number not in done:
+                    done.add(number)
+                    progress.update(1)
+
+        if args.local:
+            with distributed.LocalCluster(n_workers=args.local, threads_per_worker=1, resources={"GPU": 1},
+                                          dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+                failed = dask_farm.run_chunks(client, job, chunks.split(frames, args.chunk), plugin, on_frame)
+        else:
+            with distributed.Client(args.scheduler, timeout=30) as client:
+                failed = dask_farm.run_chunks(client, job, chunks.split(frames, args.chunk), plugin, on_frame)
+    for chunk, error in failed.items():
+        print(f"vst farm: chunk {chunk.range} failed: {error}", file=sys.stderr)
+    return max(verify_or_fail(args.output, frames), 1 if failed else 0)
