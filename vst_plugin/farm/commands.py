@@ -15,7 +15,8 @@ import threading
 from pathlib import Path
 
 from vst_plugin.farm import chunks
-from vst_plugin.farm.servers import DEFAULT_IDLE_EXIT, ServerProcess
+from vst_plugin.farm.openjd import MAX_CHUNK, SubmitJob, write_bundle
+from vst_plugin.farm.servers import DEFAULT_IDLE_EXIT, ServerProcess, vst_executable
 from vst_plugin.sequence import SequenceError, frame_path, has_frame_token, parse_frames
 
 RESERVED = ("--server", "--embedded", "--frames", "--skip-existing")
@@ -61,12 +62,35 @@ def register(commands: argparse._SubParsersAction) -> None:
                       f"(default {DEFAULT_IDLE_EXIT:g})")
     farm.set_defaults(run=run_farm, render_options_allowed=True)
 
+    submit = commands.add_parser("submit", help="write a farm manager's job for a render (and submit it)")
+    engines = submit.add_subparsers(dest="engine", required=True)
+    openjd = engines.add_parser(
+        "openjd", allow_abbrev=False, help="an Open Job Description job bundle (AWS Deadline Cloud)",
+        description="Writes BUNDLE/template.yaml and BUNDLE/parameter_values.yaml. Run it here with "
+        "`openjd run BUNDLE/template.yaml --step Render`, or send it with `deadline bundle submit BUNDLE`. "
+        "Render options are those of `vst render`.",
+    )
+    openjd.add_argument("bundle", help="folder to write the job bundle into")
+    _job_arguments(openjd)
+    _submit_options(openjd)
+    openjd.set_defaults(run=run_submit_openjd, render_options_allowed=True)
+
 
 def _job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="input sequence pattern, e.g. plate.####.exr")
     parser.add_argument("output", help="output sequence pattern")
     parser.add_argument("--frames", required=True, help="frames to render, e.g. 1001-1100")
     parser.add_argument("--chunk", type=int, required=True, metavar="N", help="frames per chunk (farm task)")
+
+
+def _submit_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cpu", action="store_true", help="render on CPU nodes (no GPU host requirement)")
+    parser.add_argument("--name", default=None, help="job name (default: vst and the output's file name)")
+    parser.add_argument("--vst", default=vst_executable(), metavar="COMMAND",
+                        help="the vst command on the render nodes (default: this one, %(default)s)")
+    parser.add_argument("--idle-exit", type=float, default=DEFAULT_IDLE_EXIT, metavar="SECONDS",
+                        help="a node's server stops after this long without requests "
+                        f"(default {DEFAULT_IDLE_EXIT:g})")
 
 
 def render_namespace(input: str, output: str, frames: str, options: list[str]) -> argparse.Namespace:
@@ -187,3 +211,37 @@ def run_farm(args: argparse.Namespace) -> int:
     for chunk, error in failed.items():
         print(f"vst farm: chunk {chunk.range} failed: {error}", file=sys.stderr)
     return max(verify_or_fail(args.output, frames), 1 if failed else 0)
+
+
+def submit_job(args: argparse.Namespace) -> SubmitJob:
+    """The job `vst submit` describes: checked sequences, a contiguous frame range, absolute paths."""
+    from vst_plugin.cli import CommandError
+
+    render, _ = check_job(args)
+    try:
+        first, last = chunks.contiguous_range(args.frames)
+    except SequenceError as exc:
+        raise CommandError(str(exc)) from None
+    if args.chunk > MAX_CHUNK:
+        raise CommandError(f"--chunk {args.chunk}: farm managers take at most {MAX_CHUNK} frames per task")
+    return SubmitJob(
+        name=args.name or f"vst {os.path.basename(args.output)}",
+        input=os.path.abspath(args.input),
+        output=os.path.abspath(args.output),
+        first=first,
+        last=last,
+        chunk=args.chunk,
+        render_options=tuple(args.render_options),
+        serve_options=tuple(serve_options(render, args.cpu)),
+        vst=args.vst,
+        gpu=not args.cpu,
+        idle_exit=args.idle_exit,
+    )
+
+
+def run_submit_openjd(args: argparse.Namespace) -> int:
+    """`vst submit openjd`: write the job bundle."""
+    path = write_bundle(args.bundle, submit_job(args))
+    print(f"wrote {path}\n  run it here:   openjd run {path} --step Render\n"
+          f"  submit it:     deadline bundle submit {os.path.dirname(path)}")
+    return 0
