@@ -1,0 +1,229 @@
+"""Farm jobs for real: `vst farm` on a Dask scheduler and workers, `vst submit openjd` run by `openjd run`.
+
+Everything runs as real processes on 127.0.0.1 (CPU): dask scheduler and workers, vst servers, the
+Open Job Description CLI. Frames are small synthetic plates so a job takes seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from vst_plugin.exr import read_exr, write_exr
+from vst_plugin.farm import chunks
+from vst_plugin.frame import Frame, Part
+from vst_plugin.sequence import SequenceError
+
+BIN = Path(sys.executable).parent
+VST = str(BIN / "vst")
+
+
+def vst(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([VST, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def make_plates(folder: Path, frames: range, size: tuple[int, int] = (48, 32)) -> str:
+    """A gradient with a bright disc moving 2 px per frame, RGBA half float, as `folder/plate.####.exr`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    for number in frames:
+        disc = ((x - 10 - 2 * number) ** 2 + (y - height / 2) ** 2 < (height / 4) ** 2) * 2.0
+        channels = {"R": x / width + disc, "G": y / height, "B": 0.5 - x / (2 * width) + disc,
+                    "A": np.ones_like(x)}
+        window = (0, 0, width - 1, height - 1)
+        part = Part({k: v.astype(np.float16) for k, v in channels.items()}, window, window)
+        write_exr(Frame([part]), folder / f"plate.{number:04d}.exr")
+    return str(folder / "plate.####.exr")
+
+
+def assert_same_frames(result: str, reference: str, frames: range) -> None:
+    for number in frames:
+        got = read_exr(result.replace("####", f"{number:04d}")).parts[0].channels
+        want = read_exr(reference.replace("####", f"{number:04d}")).parts[0].channels
+        assert list(got) == list(want)
+        for name in want:
+            assert np.array_equal(got[name], want[name]), (number, name)
+
+
+def gone(pid: int, within: float = 30.0) -> bool:
+    """True once process `pid` has ended (zombies count as ended)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+# ---- chunks and verification ---------------------------------------------------------------
+
+
+def test_chunks_cover_the_frames_in_order() -> None:
+    parts = chunks.split(list(range(1001, 1011)), 4)
+    assert [c.range for c in parts] == ["1001-1004", "1005-1008", "1009-1010"]
+    assert chunks.split([1, 3, 5], 2)[0].range == "1,3"
+    assert chunks.contiguous_range("1001-1100") == (1001, 1100)
+    with pytest.raises(SequenceError, match="one run of consecutive frames"):
+        chunks.contiguous_range("1-10x2")
+    with pytest.raises(SequenceError, match="at least 1 frame"):
+        chunks.split([1], 0)
+
+
+def test_verify_lists_missing_and_truncated_frames(tmp_path: Path) -> None:
+    pattern = make_plates(tmp_path, range(1, 5))
+    assert vst("verify", pattern, "--frames", "1-4").returncode == 0
+    (tmp_path / "plate.0002.exr").unlink()
+    data = (tmp_path / "plate.0003.exr").read_bytes()
+    (tmp_path / "plate.0003.exr").write_bytes(data[: len(data) // 2])
+    done = vst("verify", pattern, "--frames", "1-5")
+    assert done.returncode == 1
+    assert "3 of 5 frame(s) missing or incomplete" in done.stderr
+    assert re.search(r"2: missing: .*plate\.0002\.exr", done.stderr)
+    assert re.search(r"3: unreadable: ", done.stderr) and re.search(r"5: missing: ", done.stderr)
+    assert "1:" not in done.stderr and "4:" not in done.stderr
+
+
+def test_an_idle_server_stops_by_itself(tmp_path: Path) -> None:
+    server = subprocess.Popen([VST, "serve", "--bind", "tcp://127.0.0.1:0", "--device", "cpu", "--idle-exit", "1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert server.wait(120) == 0
+    finally:
+        server.kill()
+    assert "no requests for 1 s (--idle-exit)" in server.stdout.read()
+
+
+# ---- Dask ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dask_cluster(free_address):
+    """A real `dask scheduler` and two `dask worker --resources GPU=1` processes (no nanny) on 127.0.0.1."""
+    import distributed
+
+    address = free_address()
+    port = address.rsplit(":", 1)[1]
+    processes = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", port,
+                                   "--no-dashboard"], stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(2):
+            processes.append(subprocess.Popen(
+                [str(BIN / "dask"), "worker", address, "--nthreads", "1", "--resources", "GPU=1", "--no-nanny",
+                 "--no-dashboard"], stderr=subprocess.DEVNULL))
+        with distributed.Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address, processes[1:]
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            process.wait(60)
+
+
+def test_dask_farm_survives_a_killed_worker(dask_cluster, server_address: str, tmp_path: Path) -> None:
+    scheduler, workers = dask_cluster
+    plates = make_plates(tmp_path / "plates", range(1, 13), size=(160, 120))
+    out = str(tmp_path / "out" / "styled.####.exr")
+    options = ["--style", "7", "--in-flight", "1"]
+    farm = subprocess.Popen([VST, "farm", plates, out, "--frames", "1-12", "--chunk", "6", "--scheduler", scheduler,
+                             *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim = psutil.Process(workers[0].pid)
+    while not list((tmp_path / "out").glob("styled.*.exr")) and farm.poll() is None:
+        time.sleep(0.01)
+    both_busy = not (tmp_path / "out/styled.0006.exr").exists() and not (tmp_path / "out/styled.0012.exr").exists()
+    servers = [child.pid for child in victim.children() if "serve" in child.cmdline()]
+    victim.send_signal(signal.SIGKILL)
+    stdout, stderr = farm.communicate(timeout=240)
+    assert farm.returncode == 0, stderr
+    assert both_busy, "the job ended before a worker could be killed mid-chunk"
+    assert "vst verify: all 12 frame(s) present and complete" in stdout
+    assert servers and all(gone(pid) for pid in servers), "the killed worker's vst server outlived it"
+    reference = str(tmp_path / "ref" / "styled.####.exr")
+    done = vst("render", plates, reference, "--frames", "1-12", *options, "--server", server_address)
+    assert done.returncode == 0, done.stderr
+    assert_same_frames(out, reference, range(1, 13))
+    assert not [p for p in (tmp_path / "out").iterdir() if ".tmp-" in p.name]
+
+
+def test_dask_farm_refuses_a_cluster_without_gpu_slots(tmp_path: Path) -> None:
+    plates = make_plates(tmp_path / "plates", range(1, 3))
+    done = vst("farm", plates, str(tmp_path / "o.####.exr"), "--frames", "1-3", "--chunk", "2", "--local", "1",
+               "--style", "7")
+    assert done.returncode == 1 and "1 input frame(s) missing: 3" in done.stderr
+    done = vst("farm", plates, str(tmp_path / "o.####.exr"), "--frames", "1-2", "--chunk", "2", "--local", "1",
+               "--embedded")
+    assert done.returncode == 1 and "--embedded: the farm sets this for each chunk itself" in done.stderr
+
+
+# ---- Open Job Description -------------------------------------------------------------------
+
+
+def openjd(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([str(BIN / "openjd"), *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def session_server(log: str) -> int:
+    """The pid of the vst server a session's onEnter started, from the `openjd run` log."""
+    match = re.search(r"vst server (\d+) listening on tcp://127\.0\.0\.1:\d+", log)
+    assert match, log
+    return int(match.group(1))
+
+
+def test_openjd_bundle_renders_the_job_like_local_chunks(server_address: str, tmp_path: Path) -> None:
+    plates = make_plates(tmp_path / "plates", range(1, 8))
+    out = str(tmp_path / "out" / "styled.####.exr")
+    options = ["--style", "7", "--temporal", "0.8", "--preroll", "1"]
+    done = vst("submit", "openjd", str(tmp_path / "bundle"), plates, out, "--frames", "2-7", "--chunk", "3",
+               "--cpu", *options)
+    assert done.returncode == 0, done.stderr
+    template = tmp_path / "bundle" / "template.yaml"
+    text = template.read_text()
+    assert "CHUNK[INT]" in text and "TASK_CHUNKING" in text and "amount.worker.gpu" not in text
+    assert (tmp_path / "bundle" / "parameter_values.yaml").is_file()
+    checked = openjd("check", str(template))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    run = openjd("run", str(template), "--step", "Render")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Chunks run: 2" in run.stdout and "openjd_env: VST_SERVER=tcp://127.0.0.1:" in run.stdout
+    assert gone(session_server(run.stdout))
+    reference = str(tmp_path / "ref" / "styled.####.exr")
+    for frames in ("2-4", "5-7"):  # each chunk pre-rolls 1 frame, like a farm task
+        local = vst("render", plates, reference, "--frames", frames, *options, "--server", server_address)
+        assert local.returncode == 0, local.stderr
+    assert_same_frames(out, reference, range(2, 8))
+    assert not (tmp_path / "out" / "styled.0001.exr").exists()  # pre-roll frames are not written
+
+    verify = openjd("run", str(template), "--step", "Verify")
+    assert verify.returncode == 0 and "all 6 frame(s) present and complete" in verify.stdout
+
+
+def test_openjd_failing_chunk_fails_the_job_and_stops_the_server(tmp_path: Path) -> None:
+    plates = make_plates(tmp_path / "plates", range(1, 5))
+    bundle = tmp_path / "bundle"
+    done = vst("submit", "openjd", str(bundle), plates, str(tmp_path / "out.####.exr"), "--frames", "1-4",
+               "--chunk", "2", "--model", "identity")
+    assert done.returncode == 0, done.stderr
+    assert "amount.worker.gpu" in (bundle / "template.yaml").read_text()
+    (tmp_path / "plates" / "plate.0003.exr").unlink()  # lost after submission
+    run = openjd("run", str(bundle / "template.yaml"), "--step", "Render", "-p", "Vst=" + VST)
+    assert run.returncode != 0
+    assert "1 input frame(s) missing: 3" in run.stdout
+    assert re.search(r"vst server \d+ on tcp://127\.0\.0\.1:\d+ stopped", run.stdout)
+    assert gone(session_server(run.stdout), within=5)
+    verify = openjd("run", str(bundle / "template.yaml"), "--step", "Verify")
+    assert verify.returncode != 0 and "3: missing" in verify.stdout
