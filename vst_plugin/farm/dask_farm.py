@@ -115,20 +115,23 @@ def run_chunks(
             "no Dask worker offers a GPU slot, so no chunk could start: start workers with "
             "`dask worker ADDR --resources GPU=1 --nthreads 1` (one per GPU, CUDA_VISIBLE_DEVICES=N)"
         )
-    client.register_plugin(plugin, name=PLUGIN)
+    client.register_plugin(plugin, name=PLUGIN)  # replaces (stops) the server of an earlier job
     client.subscribe_topic(TOPIC, lambda event: on_frame(event[1]["frame"]))
     token = uuid.uuid4().hex[:8]
-    futures = {
-        client.submit(render_chunk, job, chunk.range, resources={"GPU": 1}, retries=RETRIES, pure=False,
-                      key=f"vst-chunk-{chunk.range}-{token}"): chunk
-        for chunk in chunks
-    }
     failed: dict[Chunk, BaseException] = {}
-    for future in distributed.as_completed(futures):
-        if future.status == "error":
-            failed[futures[future]] = future.exception()
-        else:
-            for number in future.result():
-                on_frame(number)
-    client.unsubscribe_topic(TOPIC)
+    try:
+        futures = {
+            client.submit(render_chunk, job, chunk.range, resources={"GPU": 1}, retries=RETRIES, pure=False,
+                          key=f"vst-chunk-{chunk.range}-{token}"): chunk
+            for chunk in chunks
+        }
+        for future in distributed.as_completed(futures):
+            if future.status == "error":
+                failed[futures[future]] = future.exception()
+            else:
+                for number in future.result():
+                    on_frame(number)
+    finally:
+        client.unsubscribe_topic(TOPIC)
+        client.unregister_worker_plugin(PLUGIN)  # teardown: each worker stops its server
     return failed
