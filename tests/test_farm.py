@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -231,3 +232,60 @@ def test_openjd_failing_chunk_fails_the_job_and_stops_the_server(tmp_path: Path)
     assert gone(session_server(run.stdout), within=5)
     verify = openjd("run", str(bundle / "template.yaml"), "--step", "Verify")
     assert verify.returncode != 0 and "3: missing" in verify.stdout
+
+
+# ---- Deadline 10 --------------------------------------------------------------------------------
+
+
+def run_deadline_jobs(folder: Path, env: dict[str, str]) -> list[subprocess.CompletedProcess]:
+    """What Deadline's CommandLine plugin does, job after job: each chunk of Frames by ChunkSize runs
+    Executable with Arguments, <STARTFRAME>/<ENDFRAME> replaced. Stops at the first failing task."""
+    from vst_plugin.farm.chunks import contiguous_range
+
+    done = []
+    for job_file in sorted(folder.glob("*.job.info")):
+        job = dict(line.split("=", 1) for line in job_file.read_text().splitlines())
+        plugin = dict(line.split("=", 1) for line in job_file.with_name(
+            job_file.name.replace("job.info", "plugin.info")).read_text().splitlines())
+        assert job["Plugin"] == "CommandLine"
+        first, last = contiguous_range(job["Frames"])
+        size = int(job["ChunkSize"])
+        for start in range(first, last + 1, size):
+            end = min(start + size - 1, last)
+            arguments = plugin["Arguments"].replace("<STARTFRAME>", str(start)).replace("<ENDFRAME>", str(end))
+            task = subprocess.run([plugin["Executable"], *shlex.split(arguments)], capture_output=True, text=True,
+                                  timeout=300, env=env)
+            done.append(task)
+            if task.returncode != 0:
+                return done
+    return done
+
+
+def test_deadline_jobs_render_through_one_node_server(server_address: str, tmp_path: Path) -> None:
+    plates = make_plates(tmp_path / "plates", range(1, 6))
+    out = str(tmp_path / "out dir" / "styled.####.exr")  # a space: Arguments quoting
+    options = ["--style", "7", "--strength", "0.5"]
+    done = vst("submit", "deadline", str(tmp_path / "jobs"), plates, out, "--frames", "1-5", "--chunk", "2",
+               "--cpu", "--pool", "vfx", "--group", "gpu", "--priority", "70", *options)
+    assert done.returncode == 0, done.stderr
+    assert "deadlinecommand -SubmitMultipleJobs -Dependent -job" in done.stdout
+    job = (tmp_path / "jobs" / "1.job.info").read_text()
+    for line in ("Plugin=CommandLine", "Frames=1-5", "ChunkSize=2", "Pool=vfx", "Group=gpu", "Priority=70"):
+        assert line in job.splitlines()
+    assert "--frames <STARTFRAME>-<ENDFRAME>" in (tmp_path / "jobs" / "1.plugin.info").read_text()
+
+    node = {**os.environ, "TMPDIR": str(tmp_path / "node")}  # where the node keeps its server's state
+    (tmp_path / "node").mkdir()
+    tasks = run_deadline_jobs(tmp_path / "jobs", node)
+    assert [t.returncode for t in tasks] == [0, 0, 0, 0], [t.stderr for t in tasks]
+    logs = "".join(t.stderr for t in tasks[:3])
+    assert logs.count("vst farm-chunk: started vst server") == 1 and logs.count("using vst server") == 2
+    assert "all 5 frame(s) present and complete" in tasks[3].stdout
+    reference = str(tmp_path / "ref" / "styled.####.exr")
+    local = vst("render", plates, reference, "--frames", "1-5", *options, "--server", server_address)
+    assert local.returncode == 0, local.stderr
+    assert_same_frames(out, reference, range(1, 6))
+    (state,) = (tmp_path / "node").glob("vst-node-*.json")
+    pid = int(re.search(r"started vst server (\d+)", logs).group(1))
+    assert vst("farm-server", "stop", str(state)).returncode == 0
+    assert gone(pid)

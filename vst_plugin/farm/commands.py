@@ -15,8 +15,9 @@ import threading
 from pathlib import Path
 
 from vst_plugin.farm import chunks
+from vst_plugin.farm.deadline import DEADLINE_IDLE_EXIT
 from vst_plugin.farm.openjd import MAX_CHUNK, SubmitJob, write_bundle
-from vst_plugin.farm.servers import DEFAULT_IDLE_EXIT, ServerProcess, vst_executable
+from vst_plugin.farm.servers import DEFAULT_IDLE_EXIT, ServerProcess, node_server, vst_executable
 from vst_plugin.sequence import SequenceError, frame_path, has_frame_token, parse_frames
 
 RESERVED = ("--server", "--embedded", "--frames", "--skip-existing")
@@ -62,6 +63,20 @@ def register(commands: argparse._SubParsersAction) -> None:
                       f"(default {DEFAULT_IDLE_EXIT:g})")
     farm.set_defaults(run=run_farm, render_options_allowed=True)
 
+    chunk = commands.add_parser(
+        "farm-chunk", allow_abbrev=False,
+        help="render one farm task's frames through this node's vst server, started when none runs",
+        description="For farm managers without session hooks (Deadline 10 CommandLine jobs). Render options "
+        "are those of `vst render`; frames already written are skipped.",
+    )
+    chunk.add_argument("input", help="input sequence pattern")
+    chunk.add_argument("output", help="output sequence pattern")
+    chunk.add_argument("--frames", required=True, help="the task's frames, e.g. 1001-1010")
+    chunk.add_argument("--idle-exit", type=float, default=DEADLINE_IDLE_EXIT, metavar="SECONDS",
+                       help="the node's server stops after this long without requests "
+                       f"(default {DEADLINE_IDLE_EXIT:g})")
+    chunk.set_defaults(run=run_farm_chunk, render_options_allowed=True)
+
     submit = commands.add_parser("submit", help="write a farm manager's job for a render (and submit it)")
     engines = submit.add_subparsers(dest="engine", required=True)
     openjd = engines.add_parser(
@@ -74,6 +89,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     _job_arguments(openjd)
     _submit_options(openjd)
     openjd.set_defaults(run=run_submit_openjd, render_options_allowed=True)
+    deadline = engines.add_parser(
+        "deadline", allow_abbrev=False, help="Thinkbox Deadline 10 CommandLine jobs",
+        description="Writes N.job.info / N.plugin.info into FOLDER (the render job, then a verification job "
+        "that depends on it) and submits them with deadlinecommand when it is on the PATH; otherwise prints the "
+        "command. Render options are those of `vst render`.",
+    )
+    deadline.add_argument("folder", help="folder to write the job files into")
+    _job_arguments(deadline)
+    _submit_options(deadline, DEADLINE_IDLE_EXIT)
+    deadline.add_argument("--pool", default=None, help="Deadline pool")
+    deadline.add_argument("--group", default=None, help="Deadline group (e.g. your GPU nodes)")
+    deadline.add_argument("--priority", type=int, default=50, help="Deadline priority (default 50)")
+    deadline.set_defaults(run=run_submit_deadline, render_options_allowed=True)
 
 
 def _job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,14 +111,13 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk", type=int, required=True, metavar="N", help="frames per chunk (farm task)")
 
 
-def _submit_options(parser: argparse.ArgumentParser) -> None:
+def _submit_options(parser: argparse.ArgumentParser, idle_exit: float = DEFAULT_IDLE_EXIT) -> None:
     parser.add_argument("--cpu", action="store_true", help="render on CPU nodes (no GPU host requirement)")
     parser.add_argument("--name", default=None, help="job name (default: vst and the output's file name)")
     parser.add_argument("--vst", default=vst_executable(), metavar="COMMAND",
                         help="the vst command on the render nodes (default: this one, %(default)s)")
-    parser.add_argument("--idle-exit", type=float, default=DEFAULT_IDLE_EXIT, metavar="SECONDS",
-                        help="a node's server stops after this long without requests "
-                        f"(default {DEFAULT_IDLE_EXIT:g})")
+    parser.add_argument("--idle-exit", type=float, default=idle_exit, metavar="SECONDS",
+                        help=f"a node's server stops after this long without requests (default {idle_exit:g})")
 
 
 def render_namespace(input: str, output: str, frames: str, options: list[str]) -> argparse.Namespace:
@@ -245,3 +272,36 @@ def run_submit_openjd(args: argparse.Namespace) -> int:
     print(f"wrote {path}\n  run it here:   openjd run {path} --step Render\n"
           f"  submit it:     deadline bundle submit {os.path.dirname(path)}")
     return 0
+
+
+def run_submit_deadline(args: argparse.Namespace) -> int:
+    """`vst submit deadline`: write the job files; submit them when deadlinecommand is on the PATH."""
+    import shlex
+
+    from vst_plugin.cli import CommandError
+    from vst_plugin.farm import deadline
+
+    paths = deadline.write_jobs(args.folder, deadline.render_jobs(submit_job(args)), args.pool, args.group,
+                                args.priority)
+    command = deadline.submit_command(paths)
+    done = deadline.submit(paths)
+    if done is None:
+        print(f"wrote {len(paths) // 2} Deadline job(s) to {args.folder}; deadlinecommand is not on the PATH. "
+              f"Submit them with:\n  {shlex.join(command)}")
+        return 0
+    print(done.stdout, end="")
+    if done.returncode != 0:
+        raise CommandError(f"deadlinecommand failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
+    return 0
+
+
+def run_farm_chunk(args: argparse.Namespace) -> int:
+    """`vst farm-chunk`: this node's server (started when none runs), then `vst render --skip-existing`."""
+    from vst_plugin.cli import run_render
+
+    render = render_namespace(args.input, args.output, args.frames, args.render_options)
+    server, started = node_server(serve_options(render), args.idle_exit)
+    print(f"vst farm-chunk: {'started' if started else 'using'} vst server {server.pid} on {server.address}",
+          file=sys.stderr, flush=True)
+    render.server, render.skip_existing = server.address, True
+    return run_render(render)

@@ -13,6 +13,7 @@ endpoint on its first line of output, which goes to a log file beside the state 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -131,6 +132,31 @@ class ServerProcess:
                 return cls(**json.load(stream))
         except (OSError, ValueError, TypeError) as exc:
             raise FarmServerError(f"cannot read the server state file {path}: {exc}") from None
+
+
+def node_server(serve_options: list[str], idle_exit: float) -> tuple[ServerProcess, bool]:
+    """This node's server for these options, started (detached) unless one runs; True when started now.
+
+    One per node, user, CUDA_VISIBLE_DEVICES and options, recorded in a state file in the temporary
+    folder; a lock file makes concurrent tasks on one node share it. For farm managers without session
+    hooks (Deadline 10): the server stops itself after `idle_exit` seconds without requests.
+    """
+    import fcntl  # POSIX render nodes
+
+    slot = json.dumps([serve_options, os.environ.get("CUDA_VISIBLE_DEVICES", "")])
+    key = hashlib.sha256(slot.encode()).hexdigest()[:12]
+    state = os.path.join(tempfile.gettempdir(), f"vst-node-{os.getuid()}-{key}.json")
+    with open(state + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with contextlib.suppress(FarmServerError, VstError):
+            server = ServerProcess.load(state)
+            with Client(server.address, timeout=10) as client:
+                client.hello()  # also restarts its idle clock
+            return server, False
+        server = ServerProcess.start(serve_options, state[: -len(".json")] + ".log", idle_exit=idle_exit,
+                                     detach=True)
+        server.save(state)
+        return server, True
 
 
 def session_log(name: str) -> str:
