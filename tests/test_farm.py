@@ -6,6 +6,7 @@ Open Job Description CLI. Frames are small synthetic plates so a job takes secon
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -250,11 +251,12 @@ def run_deadline_jobs(folder: Path, env: dict[str, str]) -> list[subprocess.Comp
         assert job["Plugin"] == "CommandLine"
         first, last = contiguous_range(job["Frames"])
         size = int(job["ChunkSize"])
+        job_env = dict(value.split("=", 1) for key, value in job.items() if key.startswith("EnvironmentKeyValue"))
         for start in range(first, last + 1, size):
             end = min(start + size - 1, last)
             arguments = plugin["Arguments"].replace("<STARTFRAME>", str(start)).replace("<ENDFRAME>", str(end))
             task = subprocess.run([plugin["Executable"], *shlex.split(arguments)], capture_output=True, text=True,
-                                  timeout=300, env=env)
+                                  timeout=300, env={**env, **job_env})
             done.append(task)
             if task.returncode != 0:
                 return done
@@ -289,3 +291,81 @@ def test_deadline_jobs_render_through_one_node_server(server_address: str, tmp_p
     pid = int(re.search(r"started vst server (\d+)", logs).group(1))
     assert vst("farm-server", "stop", str(state)).returncode == 0
     assert gone(pid)
+
+
+# ---- Nuke scripts: input, vst, comp -------------------------------------------------------------
+
+
+@pytest.fixture
+def standin_nuke(tmp_path: Path) -> str:
+    """A `nuke` command running tests/fake_nuke/standin_nuke.py (the glue on the fake nuke module)."""
+    command = tmp_path / "bin" / "nuke"
+    command.parent.mkdir()
+    command.write_text(f"#!/bin/sh\nexec {sys.executable} {Path(__file__).parent / 'fake_nuke/standin_nuke.py'} "
+                       '"$@"\n')
+    command.chmod(0o755)
+    return str(command)
+
+
+def nuke_script(tmp_path: Path, frames: range) -> Path:
+    plates = make_plates(tmp_path / "plates", frames)
+    script = tmp_path / "shot" / "comp.nk"
+    script.parent.mkdir()
+    comp = str(tmp_path / "final" / "comp.####.exr")
+    script.write_text(json.dumps({"plate": plates, "first": frames[0], "last": frames[-1], "comp": comp}))
+    return script
+
+
+def test_openjd_nuke_job_renders_input_then_vst_then_comp(
+    standin_nuke: str, server_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("VST_CACHE", raising=False)
+    script = nuke_script(tmp_path, range(1, 5))
+    bundle = tmp_path / "bundle"
+    done = vst("submit", "openjd", str(bundle), "--nuke", str(script), "--node", "vstStyleTransfer",
+               "--frames", "1-4", "--chunk", "2", "--cpu", "--nuke-executable", standin_nuke, "--style", "7")
+    assert done.returncode == 0, done.stderr
+    assert "--step NukeComp --run-dependencies" in done.stdout
+    run = openjd("run", str(bundle / "template.yaml"), "--step", "NukeComp", "--run-dependencies")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr
+    order = [run.stdout.index(f"rendered {what}") for what in ("vstStyleTransfer.vst_input", "Write1")]
+    assert order == sorted(order) and "all 4 frame(s) present and complete" in run.stdout
+    cache = tmp_path / "shot" / "vst_cache" / "vstStyleTransfer"
+    assert sorted(p.name for p in cache.glob("input.*.exr")) == [f"input.{n:04d}.exr" for n in range(1, 5)]
+    reference = str(tmp_path / "ref" / "styled.####.exr")
+    local = vst("render", str(tmp_path / "plates" / "plate.####.exr"), reference, "--frames", "1-4", "--style", "7",
+                "--server", server_address)
+    assert local.returncode == 0, local.stderr
+    assert_same_frames(str(tmp_path / "final" / "comp.####.exr"), reference, range(1, 5))
+
+
+def test_deadline_nuke_job_chains_four_jobs(standin_nuke: str, tmp_path: Path) -> None:
+    script = nuke_script(tmp_path, range(1, 4))
+    cache = tmp_path / "cache"
+    done = subprocess.run([VST, "submit", "deadline", str(tmp_path / "jobs"), "--nuke", str(script), "--node",
+                           "vstStyleTransfer", "--frames", "1-3", "--chunk", "3", "--cpu", "--nuke-executable",
+                           standin_nuke, "--model", "identity"], capture_output=True, text=True,
+                          env={**os.environ, "VST_CACHE": str(cache)})
+    assert done.returncode == 0, done.stderr
+    names = [dict(line.split("=", 1) for line in path.read_text().splitlines())["Name"]
+             for path in sorted((tmp_path / "jobs").glob("*.job.info"))]
+    assert names == ["vst comp.nk vstStyleTransfer (nuke input)", "vst comp.nk vstStyleTransfer",
+                     "vst comp.nk vstStyleTransfer (verify)", "vst comp.nk vstStyleTransfer (nuke comp)"]
+    assert "EnvironmentKeyValue1=VST_FARM_STEP=comp" in (tmp_path / "jobs" / "4.job.info").read_text()
+    (tmp_path / "node").mkdir()
+    node = {**os.environ, "TMPDIR": str(tmp_path / "node")}
+    node.pop("VST_CACHE", None)  # Deadline sets it from the job
+    tasks = run_deadline_jobs(tmp_path / "jobs", node)
+    assert [t.returncode for t in tasks] == [0, 0, 0, 0], [t.stderr for t in tasks]
+    for number in (1, 2, 3):  # identity: the comp is the plate, through input, vst and comp steps
+        delivered = read_exr(tmp_path / "final" / f"comp.{number:04d}.exr").parts[0].channels
+        plate = read_exr(tmp_path / "plates" / f"plate.{number:04d}.exr").parts[0].channels
+        assert all(np.array_equal(delivered[c], plate[c]) for c in plate)
+    (state,) = (tmp_path / "node").glob("vst-node-*.json")
+    assert vst("farm-server", "stop", str(state)).returncode == 0
+    final = tmp_path / "final" / "comp.0002.exr"
+    final.unlink()
+    (cache / "vstStyleTransfer" / "vst.0002.exr").unlink()
+    comp = subprocess.run([standin_nuke, "-x", str(script), "1-3"], capture_output=True, text=True,
+                          env={**node, "VST_CACHE": str(cache), "VST_FARM_STEP": "comp"})
+    assert comp.returncode == 1 and "frame 2 has not been stylized" in comp.stderr and not final.exists()

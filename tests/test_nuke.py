@@ -105,6 +105,7 @@ def assert_stylized(path: Path, plate: str) -> None:
 def test_init_and_menu_register_the_node_and_the_render_callback(script) -> None:
     assert nuke.menu("Nodes").items["vst"].items["vst Style Transfer"] is vst_nuke.node.create
     assert nuke._before_frame_render == [(vst_nuke.farm.before_frame_render, "Write")]
+    assert nuke._before_render == [(vst_nuke.farm.before_render, "Write")]
 
 
 def test_node_controls_come_from_the_server_schema(script, plates: str, server_address: str) -> None:

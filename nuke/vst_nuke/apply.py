@@ -35,7 +35,7 @@ def apply(node: Any) -> threading.Thread | None:
     except VstError as exc:
         _fail(node, str(exc))
         return None
-    vst_node.point_internals(node, current)
+    vst_node.aim_internals(node)
     vst_node.report(node, f"applying frames {first}-{last} ...")
     write = node.node(vst_node.WRITE)
     thread = threading.Thread(target=_work, args=(node, write, current, first, last), name=f"vst-apply-{name}",

@@ -28,6 +28,9 @@ SCHEMA_KNOB = "vst_schema"
 """Hidden knob holding each model's parameter list (JSON); it also marks a Group as a vst node."""
 WRITE = "vst_input"
 READ = "vst_result"
+INPUTS = "input.####.exr"
+RESULTS = "vst.####.exr"
+"""File names in a node's cache folder: its rendered input and the stylized frames."""
 PARAM_PREFIX = "param_"
 CONNECT_TIMEOUT = 3.0
 """Seconds a server has to answer `hello` before it counts as down."""
@@ -190,7 +193,7 @@ def settings(node: Any) -> Settings:
         params[param["name"]] = int(value) if param["type"] == "int" else value
     settings = StylizeSettings(model, params, node["colorspace"].value(), node["highlights"].value())
     folder = cache_folder(node)
-    render = RenderSpec(os.path.join(folder, "input.####.exr"), os.path.join(folder, "vst.####.exr"), (), settings,
+    render = RenderSpec(os.path.join(folder, INPUTS), os.path.join(folder, RESULTS), (), settings,
                         int(node["preroll"].value()))
     return Settings(node.fullName(), node["server"].value(), render)
 
@@ -204,10 +207,11 @@ def cache_folder(node: Any) -> str:
     return os.path.join(root, node.fullName().replace(".", "_"))
 
 
-def point_internals(node: Any, current: Settings) -> None:
-    """Aim the internal Write and Read at the node's cache folder."""
-    node.node(WRITE)["file"].setValue(current.render.input)
-    node.node(READ)["file"].setValue(current.render.output)
+def aim_internals(node: Any) -> None:
+    """Aim the internal Write and Read at the node's cache folder, without reading its controls."""
+    folder = cache_folder(node)
+    node.node(WRITE)["file"].setValue(os.path.join(folder, INPUTS))
+    node.node(READ)["file"].setValue(os.path.join(folder, RESULTS))
 
 
 def make_job(current: Settings, client: Client, render_input: Callable[[int], None]) -> SequenceJob:

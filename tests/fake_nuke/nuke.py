@@ -285,12 +285,33 @@ executed: list[tuple[str, int]] = []
 """Every frame `execute` rendered, as (node full name, frame): tests read it."""
 
 
+_before_render: list[tuple[Callable[[], None], str]] = []
+
+
 def addBeforeFrameRender(call: Callable[[], None], nodeClass: str = "*") -> None:  # noqa: N802, N803
     _before_frame_render.append((call, nodeClass))
 
 
+def addBeforeRender(call: Callable[[], None], nodeClass: str = "*") -> None:  # noqa: N802, N803
+    _before_render.append((call, nodeClass))
+
+
+def toNode(name: str) -> Node | None:  # noqa: N802
+    group: Node | None = _root
+    for part in name.split("."):
+        group = group.node(part) if isinstance(group, Group) else None
+    return group
+
+
 def execute(node: Node, first: int, last: int) -> None:
     _main_thread_only("execute")
+    _context.append(node)
+    try:
+        for call, node_class in _before_render:
+            if node_class in ("*", node.Class()):
+                call()
+    finally:
+        _context.pop()
     for number in range(first, last + 1):
         _frame.append(number)
         _context.append(node)
@@ -425,6 +446,7 @@ def reset() -> None:
     """Test helper (not Nuke's): an empty script, no callbacks, menus, messages or progress tasks."""
     _root._children.clear()
     _before_frame_render.clear()
+    _before_render.clear()
     _menus.clear()
     messages.clear()
     executed.clear()

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from vst_plugin.farm import chunks
+from vst_plugin.farm import nuke as farm_nuke
 from vst_plugin.farm.deadline import DEADLINE_IDLE_EXIT
 from vst_plugin.farm.openjd import MAX_CHUNK, SubmitJob, write_bundle
 from vst_plugin.farm.servers import DEFAULT_IDLE_EXIT, ServerProcess, node_server, vst_executable
@@ -86,7 +87,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "Render options are those of `vst render`.",
     )
     openjd.add_argument("bundle", help="folder to write the job bundle into")
-    _job_arguments(openjd)
+    _job_arguments(openjd, nuke=True)
     _submit_options(openjd)
     openjd.set_defaults(run=run_submit_openjd, render_options_allowed=True)
     deadline = engines.add_parser(
@@ -96,7 +97,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "command. Render options are those of `vst render`.",
     )
     deadline.add_argument("folder", help="folder to write the job files into")
-    _job_arguments(deadline)
+    _job_arguments(deadline, nuke=True)
     _submit_options(deadline, DEADLINE_IDLE_EXIT)
     deadline.add_argument("--pool", default=None, help="Deadline pool")
     deadline.add_argument("--group", default=None, help="Deadline group (e.g. your GPU nodes)")
@@ -104,14 +105,21 @@ def register(commands: argparse._SubParsersAction) -> None:
     deadline.set_defaults(run=run_submit_deadline, render_options_allowed=True)
 
 
-def _job_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help="input sequence pattern, e.g. plate.####.exr")
-    parser.add_argument("output", help="output sequence pattern")
+def _job_arguments(parser: argparse.ArgumentParser, nuke: bool = False) -> None:
+    optional = {"nargs": "?"} if nuke else {}
+    parser.add_argument("input", help="input sequence pattern, e.g. plate.####.exr", **optional)
+    parser.add_argument("output", help="output sequence pattern", **optional)
     parser.add_argument("--frames", required=True, help="frames to render, e.g. 1001-1100")
     parser.add_argument("--chunk", type=int, required=True, metavar="N", help="frames per chunk (farm task)")
 
 
 def _submit_options(parser: argparse.ArgumentParser, idle_exit: float = DEFAULT_IDLE_EXIT) -> None:
+    parser.add_argument("--nuke", default=None, metavar="SCRIPT",
+                        help="a Nuke script job: render the vst node's input with Nuke, stylize it, render the "
+                        "comp with Nuke (give --node instead of IN and OUT)")
+    parser.add_argument("--node", default=None, metavar="NAME", help="the vst node of --nuke (full name)")
+    parser.add_argument("--nuke-executable", default="nuke", metavar="COMMAND",
+                        help="the Nuke command on the render nodes (default nuke)")
     parser.add_argument("--cpu", action="store_true", help="render on CPU nodes (no GPU host requirement)")
     parser.add_argument("--name", default=None, help="job name (default: vst and the output's file name)")
     parser.add_argument("--vst", default=vst_executable(), metavar="COMMAND",
@@ -156,7 +164,7 @@ def check_job(args: argparse.Namespace) -> tuple[argparse.Namespace, list[int]]:
     except SequenceError as exc:
         raise CommandError(str(exc)) from None
     missing = [n for n in frames if not os.path.isfile(frame_path(args.input, n))]
-    if missing:
+    if missing and not getattr(args, "nuke", None):  # a Nuke job's first step renders its input
         shown = ", ".join(f"{n} ({frame_path(args.input, n)})" for n in missing[:5])
         raise CommandError(f"{len(missing)} input frame(s) missing: {shown}{' ...' if len(missing) > 5 else ''}")
     if render.temporal is not None and 0 < args.chunk < 5 * render.preroll:
@@ -240,10 +248,12 @@ def run_farm(args: argparse.Namespace) -> int:
     return max(verify_or_fail(args.output, frames), 1 if failed else 0)
 
 
-def submit_job(args: argparse.Namespace) -> SubmitJob:
-    """The job `vst submit` describes: checked sequences, a contiguous frame range, absolute paths."""
+def submit_job(args: argparse.Namespace) -> tuple[SubmitJob, farm_nuke.NukeJob | None]:
+    """The job `vst submit` describes (checked sequences, a contiguous frame range, absolute paths) and,
+    with --nuke, the Nuke script job around it."""
     from vst_plugin.cli import CommandError
 
+    nuke_job = nuke_job_of(args)
     render, _ = check_job(args)
     try:
         first, last = chunks.contiguous_range(args.frames)
@@ -251,8 +261,9 @@ def submit_job(args: argparse.Namespace) -> SubmitJob:
         raise CommandError(str(exc)) from None
     if args.chunk > MAX_CHUNK:
         raise CommandError(f"--chunk {args.chunk}: farm managers take at most {MAX_CHUNK} frames per task")
-    return SubmitJob(
-        name=args.name or f"vst {os.path.basename(args.output)}",
+    job = SubmitJob(
+        name=args.name or (f"vst {os.path.basename(args.nuke)} {args.node}" if nuke_job else
+                           f"vst {os.path.basename(args.output)}"),
         input=os.path.abspath(args.input),
         output=os.path.abspath(args.output),
         first=first,
@@ -263,13 +274,34 @@ def submit_job(args: argparse.Namespace) -> SubmitJob:
         vst=args.vst,
         gpu=not args.cpu,
         idle_exit=args.idle_exit,
+        extra_steps=farm_nuke.openjd_steps(nuke_job) if nuke_job else {},
     )
+    return job, nuke_job
+
+
+def nuke_job_of(args: argparse.Namespace) -> farm_nuke.NukeJob | None:
+    """The Nuke script job of `vst submit --nuke SCRIPT --node NAME`, IN and OUT set to the node's cache."""
+    from vst_plugin.cli import CommandError
+
+    if args.nuke is None:
+        if args.node or args.input is None or args.output is None:
+            raise CommandError("give IN and OUT, or --nuke SCRIPT --node NAME")
+        return None
+    if not args.node or args.input is not None:
+        raise CommandError("--nuke SCRIPT needs --node NAME and no IN and OUT: the node's cache folder is used")
+    if not os.path.isfile(args.nuke):
+        raise CommandError(f"--nuke {args.nuke}: no such script")
+    job = farm_nuke.NukeJob.make(args.nuke, args.node, args.nuke_executable)
+    args.input, args.output = job.input, job.output
+    return job
 
 
 def run_submit_openjd(args: argparse.Namespace) -> int:
     """`vst submit openjd`: write the job bundle."""
-    path = write_bundle(args.bundle, submit_job(args))
-    print(f"wrote {path}\n  run it here:   openjd run {path} --step Render\n"
+    job, nuke_job = submit_job(args)
+    path = write_bundle(args.bundle, job)
+    here = "--step NukeComp --run-dependencies" if nuke_job else "--step Render"
+    print(f"wrote {path}\n  run it here:   openjd run {path} {here}\n"
           f"  submit it:     deadline bundle submit {os.path.dirname(path)}")
     return 0
 
@@ -281,8 +313,11 @@ def run_submit_deadline(args: argparse.Namespace) -> int:
     from vst_plugin.cli import CommandError
     from vst_plugin.farm import deadline
 
-    paths = deadline.write_jobs(args.folder, deadline.render_jobs(submit_job(args)), args.pool, args.group,
-                                args.priority)
+    job, nuke_job = submit_job(args)
+    jobs = deadline.render_jobs(job)
+    if nuke_job:
+        jobs = farm_nuke.deadline_jobs(nuke_job, job.frames, job.chunk, jobs)
+    paths = deadline.write_jobs(args.folder, jobs, args.pool, args.group, args.priority)
     command = deadline.submit_command(paths)
     done = deadline.submit(paths)
     if done is None:

@@ -46,7 +46,8 @@ class SubmitJob:
     gpu: bool = True
     idle_exit: float = DEFAULT_IDLE_EXIT
     extra_steps: dict[str, Any] = field(default_factory=dict)
-    """Steps before and after Render ("before", "after"), see vst_plugin.farm.nuke."""
+    """A Nuke script job's additions: steps before and after Render, parameters, job environments
+    (vst_plugin.farm.nuke.openjd_steps)."""
 
     @property
     def frames(self) -> str:
@@ -102,6 +103,8 @@ def render_step(job: SubmitJob) -> dict[str, Any]:
     }
     if job.gpu:
         step["hostRequirements"] = {"amounts": [{"name": "amount.worker.gpu", "min": 1}]}
+    if "render_after" in job.extra_steps:
+        step["dependencies"] = [{"dependsOn": job.extra_steps["render_after"]}]
     return step
 
 
@@ -119,13 +122,15 @@ def verify_step() -> dict[str, Any]:
 def template(job: SubmitJob) -> dict[str, Any]:
     """The job template."""
     steps = [*job.extra_steps.get("before", []), render_step(job), verify_step(), *job.extra_steps.get("after", [])]
-    return {
+    body = {
         "specificationVersion": "jobtemplate-2023-09",
         "extensions": ["TASK_CHUNKING"],
         "name": job.name,
         "parameterDefinitions": parameters(job) + job.extra_steps.get("parameters", []),
-        "steps": steps,
     }
+    if "environments" in job.extra_steps:
+        body["jobEnvironments"] = job.extra_steps["environments"]
+    return {**body, "steps": steps}
 
 
 def write_bundle(folder: str, job: SubmitJob) -> str:
