@@ -19,6 +19,7 @@ from vst_plugin.farm import nuke as farm_nuke
 from vst_plugin.farm.deadline import DEADLINE_IDLE_EXIT
 from vst_plugin.farm.openjd import MAX_CHUNK, SubmitJob, write_bundle
 from vst_plugin.farm.servers import DEFAULT_IDLE_EXIT, ServerProcess, node_server, vst_executable
+from vst_plugin.render import RenderError, RenderSpec
 from vst_plugin.sequence import SequenceError, frame_path, has_frame_token, parse_frames
 
 RESERVED = ("--server", "--embedded", "--frames", "--skip-existing")
@@ -27,7 +28,7 @@ RESERVED = ("--server", "--embedded", "--frames", "--skip-existing")
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the farm commands to the `vst` command's subparsers."""
-    from vst_plugin.cli import _server_options
+    from vst_plugin.cli import add_model_folder_options
 
     verify = commands.add_parser("verify", help="check that every frame of a render exists and is complete")
     verify.add_argument("output", help="rendered sequence pattern, e.g. out.####.exr")
@@ -43,7 +44,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     start.add_argument("--openjd-env", action="store_true",
                        help="print `openjd_env: VST_SERVER=ADDR` (an Open Job Description session variable)")
     start.add_argument("--cpu", action="store_true", help="same as --device cpu")
-    _server_options(start)
+    add_model_folder_options(start)
     start.set_defaults(run=run_server_start)
     stop = actions.add_parser("stop", help="stop the server recorded in STATE and wait until it has gone")
     stop.add_argument("state", help="state file written by `farm-server start`")
@@ -149,28 +150,27 @@ def serve_options(render: argparse.Namespace, cpu: bool = False) -> list[str]:
     return options
 
 
-def check_job(args: argparse.Namespace) -> tuple[argparse.Namespace, list[int]]:
-    """Check a farm job's sequences, frames, chunking and render options; return the render options and frames."""
-    from vst_plugin.cli import CommandError
+def check_job(args: argparse.Namespace) -> tuple[argparse.Namespace, RenderSpec]:
+    """Check a farm job's sequences, frames, chunking and render options; return the render options and the
+    render specification."""
+    from vst_plugin.cli import CommandError, render_settings
 
     render = render_namespace(args.input, args.output, args.frames, args.render_options)
     try:
-        frames = parse_frames(args.frames)
         for pattern in (args.input, args.output):
             if not has_frame_token(pattern):
                 raise CommandError(f"{pattern}: a farm job needs a frame token (#### or %04d) in IN and OUT")
-        if args.chunk < 1:
-            raise CommandError(f"--chunk {args.chunk}: a chunk needs at least 1 frame")
-    except SequenceError as exc:
+        spec = RenderSpec(args.input, args.output, tuple(parse_frames(args.frames)), render_settings(render),
+                          render.preroll)
+        spec.chunks(args.chunk)  # checks the size
+        if not getattr(args, "nuke", None):  # a Nuke job's first step renders its input
+            spec.check()
+    except (SequenceError, RenderError) as exc:
         raise CommandError(str(exc)) from None
-    missing = [n for n in frames if not os.path.isfile(frame_path(args.input, n))]
-    if missing and not getattr(args, "nuke", None):  # a Nuke job's first step renders its input
-        shown = ", ".join(f"{n} ({frame_path(args.input, n)})" for n in missing[:5])
-        raise CommandError(f"{len(missing)} input frame(s) missing: {shown}{' ...' if len(missing) > 5 else ''}")
-    if render.temporal is not None and 0 < args.chunk < 5 * render.preroll:
+    if render.temporal is not None and args.chunk < 5 * render.preroll:
         print(f"vst {args.command}: --chunk {args.chunk} is short for --preroll {render.preroll}: each chunk "
               "renders its pre-roll again; chunks of at least 5x the pre-roll are recommended", file=sys.stderr)
-    return render, frames
+    return render, spec
 
 
 def verify_or_fail(output: str, frames: list[int]) -> int:
@@ -220,7 +220,8 @@ def run_farm(args: argparse.Namespace) -> int:
 
     from vst_plugin.farm import dask_farm
 
-    render, frames = check_job(args)
+    render, spec = check_job(args)
+    frames = list(spec.frames)
     if not args.verbose:  # Dask logs every connection at INFO; keep the progress bar readable
         os.environ["DASK_LOGGING__DISTRIBUTED"] = "warning"  # LocalCluster's worker processes
         logging.getLogger("distributed").setLevel(logging.WARNING)
@@ -239,12 +240,12 @@ def run_farm(args: argparse.Namespace) -> int:
         if args.local:
             with distributed.LocalCluster(n_workers=args.local, threads_per_worker=1, resources={"GPU": 1},
                                           dashboard_address=None) as cluster, distributed.Client(cluster) as client:
-                failed = dask_farm.run_chunks(client, job, chunks.split(frames, args.chunk), plugin, on_frame)
+                failed = dask_farm.run_chunks(client, job, spec.chunks(args.chunk), plugin, on_frame)
         else:
             with distributed.Client(args.scheduler, timeout=30) as client:
-                failed = dask_farm.run_chunks(client, job, chunks.split(frames, args.chunk), plugin, on_frame)
+                failed = dask_farm.run_chunks(client, job, spec.chunks(args.chunk), plugin, on_frame)
     for chunk, error in failed.items():
-        print(f"vst farm: chunk {chunk.range} failed: {error}", file=sys.stderr)
+        print(f"vst farm: chunk {chunk} failed: {error}", file=sys.stderr)
     return max(verify_or_fail(args.output, frames), 1 if failed else 0)
 
 

@@ -21,8 +21,9 @@ import distributed
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from vst_plugin.client import VstError
-from vst_plugin.farm.chunks import Chunk
+from vst_plugin.farm.chunks import range_text
 from vst_plugin.farm.servers import DEFAULT_IDLE_EXIT, ServerProcess, session_log
+from vst_plugin.render import RenderSpec
 
 PLUGIN = "vst-server"
 TOPIC = "vst-frames"
@@ -100,11 +101,11 @@ def render_chunk(job: FarmJob, frames: str) -> list[int]:
 def run_chunks(
     client: distributed.Client,
     job: FarmJob,
-    chunks: list[Chunk],
+    chunks: list[RenderSpec],
     plugin: ServerPlugin,
     on_frame: Callable[[int], None],
-) -> dict[Chunk, BaseException]:
-    """Render `chunks` on the cluster; return the chunks that failed with their errors.
+) -> dict[str, BaseException]:
+    """Render `chunks` on the cluster; return the frames of the chunks that failed, with their errors.
 
     `on_frame(number)` is called (from Dask's event thread) as workers write frames, and again for
     every frame of a finished chunk: count distinct frames.
@@ -118,12 +119,12 @@ def run_chunks(
     client.register_plugin(plugin, name=PLUGIN)  # replaces (stops) the server of an earlier job
     client.subscribe_topic(TOPIC, lambda event: on_frame(event[1]["frame"]))
     token = uuid.uuid4().hex[:8]
-    failed: dict[Chunk, BaseException] = {}
+    failed: dict[str, BaseException] = {}
     try:
         futures = {
-            client.submit(render_chunk, job, chunk.range, resources={"GPU": 1}, retries=RETRIES, pure=False,
-                          key=f"vst-chunk-{chunk.range}-{token}"): chunk
-            for chunk in chunks
+            client.submit(render_chunk, job, frames, resources={"GPU": 1}, retries=RETRIES, pure=False,
+                          key=f"vst-chunk-{frames}-{token}"): frames
+            for frames in (range_text(chunk.frames) for chunk in chunks)
         }
         for future in distributed.as_completed(futures):
             if future.status == "error":
