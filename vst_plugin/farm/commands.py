@@ -218,6 +218,7 @@ def run_farm(args: argparse.Namespace) -> int:
     import distributed
     from tqdm import tqdm
 
+    from vst_plugin.cli import CommandError
     from vst_plugin.farm import dask_farm
 
     render, spec = check_job(args)
@@ -242,7 +243,11 @@ def run_farm(args: argparse.Namespace) -> int:
                                           dashboard_address=None) as cluster, distributed.Client(cluster) as client:
                 failed = dask_farm.run_chunks(client, job, spec.chunks(args.chunk), plugin, on_frame)
         else:
-            with distributed.Client(args.scheduler, timeout=30) as client:
+            try:
+                client = distributed.Client(args.scheduler, timeout=30)
+            except OSError as exc:  # TimeoutError included
+                raise CommandError(f"cannot reach the Dask scheduler at {args.scheduler}: {exc}") from None
+            with client:
                 failed = dask_farm.run_chunks(client, job, spec.chunks(args.chunk), plugin, on_frame)
     for chunk, error in failed.items():
         print(f"vst farm: chunk {chunk} failed: {error}", file=sys.stderr)
