@@ -30,7 +30,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Add the farm commands to the `vst` command's subparsers."""
     from vst_plugin.cli import add_model_folder_options
 
-    verify = commands.add_parser("verify", help="check that every frame of a render exists and is complete")
+    verify = commands.add_parser(
+        "verify", help="check that every frame of a finished render exists and is complete",
+        description="Reads every frame in full; exits 1 listing each missing or unreadable one. Also removes the "
+        "temporary files writers killed mid-frame left beside the frames: run it once the render has finished.",
+    )
     verify.add_argument("output", help="rendered sequence pattern, e.g. out.####.exr")
     verify.add_argument("--frames", required=True, help="expected frames, e.g. 1001-1100")
     verify.set_defaults(run=run_verify)
@@ -178,6 +182,8 @@ def verify_or_fail(output: str, frames: list[int]) -> int:
     from vst_plugin.farm import verify
 
     found = verify.problems(lambda n: frame_path(output, n), frames)
+    if removed := verify.remove_leftovers(lambda n: frame_path(output, n), frames):
+        print(f"vst verify: removed {removed} temporary file(s) left by interrupted writers")
     print(f"vst verify: {verify.report(found, len(frames))}", file=sys.stderr if found else sys.stdout)
     return 1 if found else 0
 

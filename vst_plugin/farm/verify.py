@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Callable
 
@@ -25,6 +26,21 @@ def problems(output: Callable[[int], str], frames: list[int]) -> dict[int, str]:
         except ExrError as exc:
             found[number] = f"unreadable: {exc}"
     return found
+
+
+def remove_leftovers(output: Callable[[int], str], frames: list[int]) -> int:
+    """Remove the temporary files writers killed mid-frame left beside the frames (`.NAME.tmp-*`); return
+    how many. Only for a finished job: a writer still running would lose its file."""
+    removed = 0
+    for number in frames:
+        directory, name = os.path.split(os.path.abspath(output(number)))
+        for leftover in glob.glob(os.path.join(glob.escape(directory), f".{glob.escape(name)}.tmp-*")):
+            try:
+                os.remove(leftover)
+                removed += 1
+            except OSError:
+                pass
+    return removed
 
 
 def report(found: dict[int, str], total: int) -> str:
