@@ -273,7 +273,19 @@ def run_deadline_jobs(folder: Path, env: dict[str, str]) -> list[subprocess.Comp
     return done
 
 
-def test_deadline_jobs_render_through_one_node_server(server_address: str, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def deadline_node(tmp_path_factory: pytest.TempPathFactory):
+    """A render node's environment: its temporary folder, where `vst farm-chunk` records the node's server.
+    The Deadline tests share the node (and so its server); it is stopped at the end and must be gone."""
+    folder = tmp_path_factory.mktemp("node")
+    yield {**os.environ, "TMPDIR": str(folder)}
+    for state in folder.glob("vst-node-*.json"):
+        pid = json.loads(state.read_text())["pid"]
+        assert vst("farm-server", "stop", str(state)).returncode == 0
+        assert gone(pid)
+
+
+def test_deadline_jobs_render_through_one_node_server(deadline_node, server_address: str, tmp_path: Path) -> None:
     plates = make_plates(tmp_path / "plates", range(1, 6))
     out = str(tmp_path / "out dir" / "styled.####.exr")  # a space: Arguments quoting
     options = ["--style", "7", "--strength", "0.5"]
@@ -286,21 +298,16 @@ def test_deadline_jobs_render_through_one_node_server(server_address: str, tmp_p
         assert line in job.splitlines()
     assert "--frames <STARTFRAME>-<ENDFRAME>" in (tmp_path / "jobs" / "1.plugin.info").read_text()
 
-    node = {**os.environ, "TMPDIR": str(tmp_path / "node")}  # where the node keeps its server's state
-    (tmp_path / "node").mkdir()
-    tasks = run_deadline_jobs(tmp_path / "jobs", node)
+    tasks = run_deadline_jobs(tmp_path / "jobs", deadline_node)
     assert [t.returncode for t in tasks] == [0, 0, 0, 0], [t.stderr for t in tasks]
-    logs = "".join(t.stderr for t in tasks[:3])
-    assert logs.count("vst farm-chunk: started vst server") == 1 and logs.count("using vst server") == 2
+    servers = re.findall(r"vst farm-chunk: (started|using) vst server (\d+)", "".join(t.stderr for t in tasks[:3]))
+    assert len(servers) == 3 and len({pid for _, pid in servers}) == 1  # one server for every chunk
+    assert [how for how, _ in servers][1:] == ["using", "using"]
     assert "all 5 frame(s) present and complete" in tasks[3].stdout
     reference = str(tmp_path / "ref" / "styled.####.exr")
     local = vst("render", plates, reference, "--frames", "1-5", *options, "--server", server_address)
     assert local.returncode == 0, local.stderr
     assert_same_frames(out, reference, range(1, 6))
-    (state,) = (tmp_path / "node").glob("vst-node-*.json")
-    pid = int(re.search(r"started vst server (\d+)", logs).group(1))
-    assert vst("farm-server", "stop", str(state)).returncode == 0
-    assert gone(pid)
 
 
 # ---- Nuke scripts: input, vst, comp -------------------------------------------------------------
@@ -349,7 +356,7 @@ def test_openjd_nuke_job_renders_input_then_vst_then_comp(
     assert_same_frames(str(tmp_path / "final" / "comp.####.exr"), reference, range(1, 5))
 
 
-def test_deadline_nuke_job_chains_four_jobs(standin_nuke: str, tmp_path: Path) -> None:
+def test_deadline_nuke_job_chains_four_jobs(deadline_node, standin_nuke: str, tmp_path: Path) -> None:
     script = nuke_script(tmp_path, range(1, 4))
     cache = tmp_path / "cache"
     done = subprocess.run([VST, "submit", "deadline", str(tmp_path / "jobs"), "--nuke", str(script), "--node",
@@ -362,17 +369,13 @@ def test_deadline_nuke_job_chains_four_jobs(standin_nuke: str, tmp_path: Path) -
     assert names == ["vst comp.nk vstStyleTransfer (nuke input)", "vst comp.nk vstStyleTransfer",
                      "vst comp.nk vstStyleTransfer (verify)", "vst comp.nk vstStyleTransfer (nuke comp)"]
     assert "EnvironmentKeyValue1=VST_FARM_STEP=comp" in (tmp_path / "jobs" / "4.job.info").read_text()
-    (tmp_path / "node").mkdir()
-    node = {**os.environ, "TMPDIR": str(tmp_path / "node")}
-    node.pop("VST_CACHE", None)  # Deadline sets it from the job
+    node = {k: v for k, v in deadline_node.items() if k != "VST_CACHE"}  # Deadline sets it from the job
     tasks = run_deadline_jobs(tmp_path / "jobs", node)
     assert [t.returncode for t in tasks] == [0, 0, 0, 0], [t.stderr for t in tasks]
     for number in (1, 2, 3):  # identity: the comp is the plate, through input, vst and comp steps
         delivered = read_exr(tmp_path / "final" / f"comp.{number:04d}.exr").parts[0].channels
         plate = read_exr(tmp_path / "plates" / f"plate.{number:04d}.exr").parts[0].channels
         assert all(np.array_equal(delivered[c], plate[c]) for c in plate)
-    (state,) = (tmp_path / "node").glob("vst-node-*.json")
-    assert vst("farm-server", "stop", str(state)).returncode == 0
     final = tmp_path / "final" / "comp.0002.exr"
     final.unlink()
     (cache / "vstStyleTransfer" / "vst.0002.exr").unlink()
