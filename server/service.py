@@ -6,6 +6,8 @@ import ipaddress
 import logging
 import os
 import signal
+import socket
+import stat
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -22,6 +24,7 @@ from server.sessions import SessionStore
 from server.temporal import MotionAnalysis
 from server.worker import Task, Worker
 from vst_plugin import protocol
+from vst_plugin.client import Client, VstError
 from vst_plugin.exr import decode_exr
 from vst_plugin.frame import PIXEL_TYPES, Frame, FrameLimits
 from vst_plugin.schema import (
@@ -82,6 +85,37 @@ def check_loopback(address: str) -> None:
             )
 
 
+def claim_ipc_path(address: str, probe_timeout: float = 1.0) -> None:
+    """Make ipc://PATH free to bind, or raise BindError.
+
+    zmq would silently unlink a live server's socket file and orphan that server, or delete any file at
+    PATH. So: a path that is not a socket is refused; a socket something listens on is refused (naming the
+    vst server there when one answers a hello); a socket nothing listens on is stale and is removed.
+    """
+    path = address[len("ipc://") :]
+    if path.startswith("@"):
+        return  # Linux abstract namespace: no file; the kernel refuses a second bind itself
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise BindError(f"cannot serve on {address}: {path} exists and is not a socket; choose another path")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            log.info("removing the stale socket file %s (nothing listens there)", path)
+            os.unlink(path)
+            return
+    with Client(address, timeout=probe_timeout, heartbeat=probe_timeout / 4) as client:
+        try:
+            who = f"a vst server ({client.hello().get('server', 'unknown version')})"
+        except VstError:
+            who = "another program"
+    raise BindError(f"{who} is already listening on {address}; stop it first or choose another path")
+
+
 class Server:
     """A persistent vst server: many clients, one compute worker fed by a queue."""
 
@@ -109,7 +143,10 @@ class Server:
 
     def bind(self) -> str:
         """Bind the ROUTER socket and start the worker; returns the endpoint actually bound."""
+        if self.config.address.startswith("ipc://"):
+            claim_ipc_path(self.config.address)
         self._router = self._context.socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.IPV6, protocol.is_ipv6(self.config.address))
         self._router.setsockopt(zmq.LINGER, 1000)
         self._router.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 0)

@@ -65,6 +65,7 @@ class Client:
         self._context = context or zmq.Context.instance()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.IPV6, protocol.is_ipv6(address))
         self._socket.connect(address)
         self._ids = itertools.count(1)
         self._done: dict[int, protocol.Message] = {}

@@ -26,6 +26,12 @@ from vst_plugin.frame import (
 )
 from vst_plugin.schema import OPS, PROTOCOL_VERSION, REPLY_FIELDS, ProtocolError, read_envelope
 
+
+def is_ipv6(address: str) -> bool:
+    """True for a tcp:// address whose host is an IPv6 literal (tcp://[::1]:5555): its socket needs zmq.IPV6."""
+    return address.startswith("tcp://[")
+
+
 # Payload frames are little-endian planes.
 _WIRE_DTYPES = {name: dtype.newbyteorder("<") for name, dtype in PIXEL_TYPES.items()}
 
