@@ -39,11 +39,11 @@ def free_address() -> Callable[[], str]:
 
 
 @contextlib.contextmanager
-def _running_server(*options: str) -> Iterator[str]:
-    """Start `vst serve` on a free loopback address with extra options; stop it afterwards."""
+def _running_server(*options: str, address: str | None = None) -> Iterator[str]:
+    """Start `vst serve` on `address` (default a free loopback one) with extra options; stop it afterwards."""
     from vst_plugin import Client, ServerUnavailable
 
-    address = _free_address()
+    address = address or _free_address()
     vst = str(Path(sys.executable).parent / "vst")
     process = subprocess.Popen([vst, "serve", "--bind", address, "--device", "cpu", *options])
     try:
@@ -64,7 +64,7 @@ def _running_server(*options: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def vst_server() -> Callable[..., contextlib.AbstractContextManager[str]]:
-    """`with vst_server("--models-dir", d) as address:` runs a real server of its own (CPU)."""
+    """`with vst_server("--models-dir", d, address=None) as address:` runs a real server of its own (CPU)."""
     return _running_server
 
 

@@ -2,40 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from vst_plugin import Client, ServerUnavailable
+from vst_plugin import Client
 
 VST = str(Path(sys.executable).parent / "vst")
-
-
-@contextlib.contextmanager
-def serving(address: str, *options: str) -> Iterator[subprocess.Popen]:
-    """A real `vst serve` on `address`, answering hello; stopped afterwards."""
-    process = subprocess.Popen([VST, "serve", "--bind", address, "--device", "cpu", *options], stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with Client(address, timeout=2, heartbeat=0.5) as client:
-                    client.hello()
-                break
-            except ServerUnavailable:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"vst serve did not start: {process.stderr.read().decode()}") from None
-        yield process
-    finally:
-        process.terminate()
-        process.wait(60)
 
 
 @pytest.fixture
@@ -45,18 +23,18 @@ def short_dir() -> Iterator[Path]:
         yield Path(folder)
 
 
-def test_serves_on_ipv6_loopback() -> None:
+def test_serves_on_ipv6_loopback(vst_server) -> None:
     with socket.socket(socket.AF_INET6) as probe:
         probe.bind(("::1", 0))
         port = probe.getsockname()[1]
     address = f"tcp://[::1]:{port}"
-    with serving(address), Client(address, timeout=5) as client:
+    with vst_server(address=address), Client(address, timeout=5) as client:
         assert client.hello()["protocol"] == 1
 
 
-def test_second_server_on_a_live_ipc_path_is_refused(short_dir: Path) -> None:
+def test_second_server_on_a_live_ipc_path_is_refused(vst_server, short_dir: Path) -> None:
     address = f"ipc://{short_dir}/vst.sock"
-    with serving(address):
+    with vst_server(address=address):
         second = subprocess.run([VST, "serve", "--bind", address, "--device", "cpu"],
                                 capture_output=True, text=True, timeout=120)
         assert second.returncode == 1
@@ -65,12 +43,12 @@ def test_second_server_on_a_live_ipc_path_is_refused(short_dir: Path) -> None:
             assert client.hello()["protocol"] == 1
 
 
-def test_stale_ipc_socket_file_is_replaced(short_dir: Path) -> None:
+def test_stale_ipc_socket_file_is_replaced(vst_server, short_dir: Path) -> None:
     path = short_dir / "stale.sock"
     with socket.socket(socket.AF_UNIX) as dead:  # a socket file nobody listens on, as a killed server leaves
         dead.bind(str(path))
     assert path.is_socket()
-    with serving(f"ipc://{path}"), Client(f"ipc://{path}", timeout=5) as client:
+    with vst_server(address=f"ipc://{path}"), Client(f"ipc://{path}", timeout=5) as client:
         assert client.hello()["protocol"] == 1
 
 
