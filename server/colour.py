@@ -36,25 +36,38 @@ class ColourSpaces:
         names = list(self._config.getColorSpaceNames())
         for name in list(names):
             names.extend(self._config.getAliases(name))
-        self._names = set(names)
-        self._linear = LINEAR if LINEAR in self._names else self._config.getColorSpaceNameByRole("scene_linear")
-        if self._linear != LINEAR:
+        self._names = set(names) | set(self._config.getRoles())
+        self._linear = self.resolve(LINEAR if self._known(LINEAR) else "scene_linear")
+        if not self._known(LINEAR):
             log.warning(
                 "OCIO config %s has no %s colour space; the network's linear space is its scene_linear role %r",
                 self.config_name, LINEAR, self._linear,
             )
 
     def names(self) -> list[str]:
-        """Every colour space name and alias of the config, plus `raw`."""
+        """Every colour space name, alias and role of the config, plus `raw` (any case is accepted too)."""
         return sorted(self._names | {RAW_COLORSPACE}, key=str.lower)
 
-    def check(self, space: str) -> None:
-        """Raise ColourError unless `space` is `raw` or a colour space of the config."""
-        if space != RAW_COLORSPACE and space not in self._names:
+    def _known(self, space: str) -> bool:
+        return self._config.getColorSpaceIndex(space) >= 0
+
+    def resolve(self, space: str) -> str:
+        """The config's own name for a colour space name, alias or role in any case; `raw` stays `raw`.
+
+        Raises ColourError when the config does not know `space`.
+        """
+        if space == RAW_COLORSPACE:
+            return RAW_COLORSPACE
+        if not self._known(space):
             raise ColourError(
-                f"unknown colour space {space!r} in OCIO config {self.config_name}; "
-                f"use one of its names (e.g. lin_rec709, ACEScg, srgb_tx) or 'raw'"
+                f"unknown colour space {space!r} in OCIO config {self.config_name}; use one of its colour "
+                "spaces, aliases or roles (e.g. lin_rec709, ACEScg, scene_linear, srgb_tx) or 'raw'"
             )
+        return self._config.resolve(space)
+
+    def check(self, space: str) -> None:
+        """Raise ColourError unless `space` is `raw` or a colour space, alias or role of the config."""
+        self.resolve(space)
 
     def is_linear_rec709(self, space: str) -> bool:
         """True when no conversion is needed for `space`."""
@@ -69,6 +82,7 @@ class ColourSpaces:
         return self._convert(rgb, self._linear, space)
 
     def _convert(self, rgb: np.ndarray, source: str, target: str) -> np.ndarray:
+        source, target = self.resolve(source), self.resolve(target)
         if self.is_linear_rec709(source if target == self._linear else target):
             return rgb
         result = oiio.ImageBufAlgo.colorconvert(oiio.ImageBuf(np.ascontiguousarray(rgb)), source, target, False)

@@ -80,6 +80,18 @@ def test_ocio_round_trip_through_acescg(plate: torch.Tensor) -> None:
     np.testing.assert_allclose(colours.to_linear(aces, "ACEScg"), linear, atol=1e-4, rtol=1e-4)
 
 
+def test_roles_aliases_and_any_spelling_name_the_config_space(plate: torch.Tensor) -> None:
+    colours = ColourSpaces()
+    linear = np.ascontiguousarray(plate[0].permute(1, 2, 0).numpy())
+    aces = colours.from_linear(linear, "ACEScg")
+    for name in ("scene_linear", "acescg", "ACESCG", "lin_ap1", "ACES - ACEScg"):  # OCIO's built-in config
+        assert colours.resolve(name) == "ACEScg"
+        np.testing.assert_array_equal(colours.from_linear(linear, name), aces)
+    assert colours.resolve("compositing_log") == "ACEScct" and colours.resolve("aces") == "ACES2065-1"
+    np.testing.assert_array_equal(colours.to_linear(linear, "Lin_Rec709"), linear)
+    assert {"scene_linear", "compositing_log", "lin_ap1"} <= set(colours.names())
+
+
 def test_unknown_colour_space_and_policy_are_refused() -> None:
     colours = ColourSpaces()
     with pytest.raises(ColourError, match="unknown colour space 'Kodak 5219'"):
@@ -121,5 +133,5 @@ def test_ocio_environment_variable_selects_the_studio_config(tmp_path: Path) -> 
     env = {**os.environ, "OCIO": str(config)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     names, value = done.stdout.strip().splitlines()
-    assert names == "['raw', 'studio_linear', 'studio_log2']"
+    assert names == "['default', 'raw', 'scene_linear', 'studio_linear', 'studio_log2']"
     assert float(value) == pytest.approx(8.0, abs=1e-3)

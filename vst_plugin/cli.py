@@ -134,7 +134,7 @@ def render_settings(args: argparse.Namespace) -> StylizeSettings:
     return StylizeSettings(
         model=render_model(args),
         params=render_params(args),
-        colorspace=args.input_colorspace,
+        colorspace=args.input_colorspace or DEFAULT_COLORSPACE,
         highlights=args.highlights,
         layers=tuple(args.layers) if args.layers else None,
         tile=args.tile,
@@ -149,8 +149,9 @@ def _add_render(commands: Any) -> None:
     render.add_argument("--frames", required=True, help="frame list, e.g. 1001-1100 or 1-10,15,20-30x2")
     render.add_argument("--model", default=None, help="model name or checkpoint path (default: the server's)")
     add_style_options(render)
-    render.add_argument("--input-colorspace", default=DEFAULT_COLORSPACE, metavar="NAME",
-                        help="OCIO colour space of the plates, or raw (default lin_rec709)")
+    render.add_argument("--input-colorspace", default=None, metavar="NAME",
+                        help="OCIO colour space, alias or role of the plates, or raw (default: what the file "
+                        f"declares, else {DEFAULT_COLORSPACE})")
     render.add_argument("--highlights", default="preserve", choices=HIGHLIGHT_POLICIES,
                         help="what happens to values outside 0..1 (default preserve)")
     render.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
@@ -227,6 +228,18 @@ def connect(args: argparse.Namespace) -> Iterator[Client]:
         yield client
 
 
+def plate_colorspace(first_input: str) -> str:
+    """The colour space the first input file declares (said on stderr), else the default."""
+    from vst_plugin.colour import declared_colorspace
+
+    declared = declared_colorspace(first_input)
+    if declared is None:
+        return DEFAULT_COLORSPACE
+    print(f"vst render: input colour space {declared.name} ({declared.reason}); --input-colorspace overrides",
+          file=sys.stderr)
+    return declared.name
+
+
 def run_render(args: argparse.Namespace, on_frame: Callable[[int], None] | None = None) -> int:
     """Stylize a sequence, several frames in flight, each output written atomically.
 
@@ -254,6 +267,9 @@ def run_render(args: argparse.Namespace, on_frame: Callable[[int], None] | None 
         preroll = spec.available_preroll()
     except (RenderError, SequenceError) as exc:
         raise CommandError(str(exc)) from None
+    if args.input_colorspace is None:
+        colorspace = plate_colorspace(spec.input_path(frames[0]))
+        spec = replace(spec, settings=replace(spec.settings, colorspace=colorspace))
     if preroll < args.preroll:
         print(f"vst render: pre-roll shortened to {preroll} frame(s): the plates before frame "
               f"{frames[0]} end there", file=sys.stderr)

@@ -15,7 +15,8 @@ Behaviour worth knowing:
   is stable through a write and a read.
 * `Part.attributes` uses OpenImageIO's names for header attributes (``compression``,
   ``PixelAspectRatio``, ``multiView``, ``screenWindowCenter``, ``DateTime`` for capDate, ...), except
-  ``lineOrder``, which keeps its OpenEXR name. Values are str, int, float or tuples of one of them.
+  ``lineOrder`` and ``colorInteropID`` (the colour space the file declares), which keep their OpenEXR
+  names. Values are str, int, float or tuples of one of them.
   On writing, the OpenEXR type of a tuple comes from the attribute's name for standard attributes
   (``screenWindowCenter``, ``chromaticities``, ``FramesPerSecond``, ``smpte:TimeCode``, ...) and
   otherwise from its length and items: floats give v2f (2), v3f (3), box2f (4), m33f (9), m44f (16)
@@ -73,7 +74,7 @@ _DERIVED_ATTRIBUTES = {
 }
 
 # Stored under the OpenEXR header name in Part.attributes, under OpenImageIO's name in the spec.
-_RENAMED = {"openexr:lineOrder": "lineOrder"}
+_RENAMED = {"openexr:lineOrder": "lineOrder", "oiio:ColorSpace": "colorInteropID"}
 _OIIO_NAME = {ours: theirs for theirs, ours in _RENAMED.items()}
 
 # Standard attributes whose OpenEXR type cannot be told from a plain value (OpenEXR refuses to read a
@@ -278,7 +279,7 @@ def _plain_attributes(spec: Any) -> dict[str, Any]:
     attributes: dict[str, Any] = {}
     for param in spec.extra_attribs:
         name = param.name
-        if name.startswith("oiio:") or name in _DERIVED_ATTRIBUTES:
+        if name not in _RENAMED and (name.startswith("oiio:") or name in _DERIVED_ATTRIBUTES):
             continue
         value = _plain(param.value)
         if value is not None:
