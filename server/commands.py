@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -47,7 +48,7 @@ def register(commands: Any) -> None:
     flows = temporal.add_mutually_exclusive_group(required=True)
     flows.add_argument("--flow-from", metavar="IN_PATTERN", help="estimate flow (DIS) on these input plates")
     flows.add_argument("--gt-flow", metavar="PATTERN",
-                       help="ground-truth flow: EXR files with forward.u/v and backward.u/v channels")
+                       help="ground-truth flow: EXR files with forward.u/v (and backward.u/v) channels, per view too")
     temporal.add_argument("--preset", default="medium", choices=FLOW_PRESETS)
     temporal.add_argument("--y-down", action="store_true", help="flow v points down (default: up, as in Nuke)")
     temporal.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -139,12 +140,17 @@ def run_eval(args: argparse.Namespace) -> int:
         report = evaluate_temporal(args.output, frames, args.flow_from, args.gt_flow, args.preset, not args.y_down)
     except (SequenceError, EvaluationError, ExrError) as exc:
         raise CommandError(str(exc)) from None
+    for note in report.notes:
+        print(f"vst eval: {note}", file=sys.stderr)
     if args.json:
-        pairs = [{"frames": [a, b], "warping_error": error} for a, b, error in report.pairs]
+        pairs = [
+            {"frames": [pair.first, pair.second], "view": pair.view, "warping_error": pair.error}
+            for pair in report.pairs
+        ]
         print(json.dumps({"pairs": pairs, "mean": report.mean}, indent=2))
         return 0
-    for a, b, error in report.pairs:
-        print(f"{a} -> {b}: {error:.6f}")
+    for pair in report.pairs:
+        print(f"{pair.first} -> {pair.second}{f' ({pair.view})' if pair.view else ''}: {pair.error:.6f}")
     print(f"warping error (mean of {len(report.pairs)} pairs): {report.mean:.6f}")
     return 0
 

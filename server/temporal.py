@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from server import flow
-from vst_plugin.frame import ColourLayer, Frame, Window, colour_layers, window_size
+from vst_plugin.frame import ColourLayer, Frame, Window, colour_layers, layer_view, motion_vectors, window_size
 from vst_plugin.schema import TemporalSettings
 
 
@@ -107,13 +107,12 @@ def _analyse(
 
 
 def _vectors(frame: Frame, layer: ColourLayer, name: str, settings: TemporalSettings) -> np.ndarray | None:
-    """Host motion vectors of a layer as a flow field, or None when the frame has none."""
-    channels = frame.parts[layer.part].channels
-    prefix = layer.rgb[0][:-1]  # "" or "left."
-    for u, v in ((f"{name}.{prefix}u", f"{name}.{prefix}v"), (f"{name}.u", f"{name}.v")):
-        if u in channels and v in channels:
-            return flow.from_vectors(channels[u], channels[v], settings.y_up)
-    return None
+    """Host motion vectors of a layer's view as a flow field, or None when the frame has none over its pixels."""
+    found = motion_vectors(frame, layer_view(frame, layer), name, layer.part)
+    if found is None or frame.parts[found[0]].data_window != frame.parts[layer.part].data_window:
+        return None
+    channels = frame.parts[found[0]].channels
+    return flow.from_vectors(channels[found[1]], channels[found[2]], settings.y_up)
 
 
 def _relate(motion: LayerMotion, prior: LayerMotion, backward: np.ndarray | None, settings: TemporalSettings) -> None:

@@ -120,6 +120,39 @@ def colour_layers(frame: Frame, layers: list[str] | None = None) -> list[ColourL
     return found
 
 
+def _default_view(part: Part) -> str | None:
+    """The view a part's channels without a view in their name belong to: the part's own view (multi-part
+    stereo) or the first of ``multiView`` (the default view of a single-part stereo file)."""
+    if part.view:
+        return part.view
+    views = part.attributes.get("multiView") or ()
+    if isinstance(views, str):
+        views = (views,)
+    return views[0] if views else None
+
+
+def layer_view(frame: Frame, layer: ColourLayer) -> str | None:
+    """The view of a colour layer (``left`` for ``left.R``), or None for a plate without views."""
+    prefix = layer.rgb[0][:-1].rstrip(".")
+    return prefix or _default_view(frame.parts[layer.part])
+
+
+def motion_vectors(frame: Frame, view: str | None, name: str, first: int = 0) -> tuple[int, str, str] | None:
+    """Where the ``name`` motion vectors of a view are: (part index, u channel, v channel), or None.
+
+    ``name.VIEW.u``/``.v`` or, in a part whose default view is `view`, ``name.u``/``.v``; part `first`
+    (the colour layer's own) is searched first, then the others.
+    """
+    order = [first] + [index for index in range(len(frame.parts)) if index != first]
+    for index in order:
+        part = frame.parts[index]
+        prefixes = ([f"{name}.{view}."] if view else []) + ([f"{name}."] if _default_view(part) == view else [])
+        for prefix in prefixes:
+            if f"{prefix}u" in part.channels and f"{prefix}v" in part.channels:
+                return index, f"{prefix}u", f"{prefix}v"
+    return None
+
+
 class FrameLimitError(ValueError):
     """A frame exceeds the server's limits; raised before any pixel memory is allocated."""
 
