@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vst_plugin.cli import CommandError, add_model_folder_options, add_style_options, render_params
-from vst_plugin.schema import DEFAULT_ADDRESS, FLOW_PRESETS
+from vst_plugin.schema import DEFAULT_ADDRESS, FLOW_PRESETS, default_address
 
 EMBEDDED_ADDRESS = "tcp://127.0.0.1:0"
 
@@ -25,8 +25,12 @@ EMBEDDED_ADDRESS = "tcp://127.0.0.1:0"
 def register(commands: Any) -> None:
     """Add the server's subcommands to the `vst` parser's subcommands."""
     serve = commands.add_parser("serve", help="run the inference server")
-    serve.add_argument("--bind", default=DEFAULT_ADDRESS, metavar="ADDR",
-                       help="tcp://127.0.0.1:PORT or ipc:///path (loopback only)")
+    serve.add_argument("--config", type=Path, default=None, metavar="FILE",
+                       help="TOML file of these options (bind = \"ipc:///tmp/vst.sock\", models-dir = [...]); "
+                       "options given on the command line override it")
+    serve.add_argument("--bind", default=None, metavar="ADDR",
+                       help="tcp://127.0.0.1:PORT, tcp://[::1]:PORT or ipc:///path (loopback only; "
+                       f"default $VST_SERVER, else {DEFAULT_ADDRESS})")
     serve.add_argument("--default-model", default="multistyle26", help="model used when a request names none")
     serve.add_argument("--sequence-ttl", type=float, default=600.0, metavar="SECONDS",
                        help="forget a client's sequence state after this long without frames (default 600)")
@@ -111,8 +115,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if args.max_sequences < 1:
         raise CommandError(f"--max-sequences {args.max_sequences}: keep at least 1 sequence")
+    bind = args.bind or default_address()
     config = ServerConfig(
-        args.bind, args.device, tuple(args.models_dir), args.model_memory, args.default_model,
+        bind, args.device, tuple(args.models_dir), args.model_memory, args.default_model,
         sequence_ttl=args.sequence_ttl, max_sequences=args.max_sequences, idle_exit=args.idle_exit,
         parent_pid=args.parent_pid,
     )
@@ -122,7 +127,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except (BindError, ModelError) as exc:
         raise CommandError(str(exc)) from None
     except zmq.ZMQError as exc:
-        raise CommandError(f"cannot listen on {args.bind}: {exc} (is another vst server running there?)") from None
+        raise CommandError(f"cannot listen on {bind}: {exc} (is another vst server running there?)") from None
     server.install_signal_handlers()
     print(f"vst server listening on {endpoint} (device {server.device}); Ctrl-C or SIGTERM stops it", flush=True)
     server.serve_forever()

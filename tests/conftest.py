@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +33,13 @@ def _free_address() -> str:
         return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
 
 
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A folder with a short path: ipc socket paths are limited to about 100 bytes."""
+    with tempfile.TemporaryDirectory(prefix="vst-", dir="/tmp") as folder:
+        yield Path(folder)
+
+
 @pytest.fixture(scope="session")
 def free_address() -> Callable[[], str]:
     """A function returning a loopback tcp address nobody listens on."""
@@ -39,13 +47,15 @@ def free_address() -> Callable[[], str]:
 
 
 @contextlib.contextmanager
-def _running_server(*options: str, address: str | None = None) -> Iterator[str]:
-    """Start `vst serve` on `address` (default a free loopback one) with extra options; stop it afterwards."""
+def _running_server(*options: str, address: str | None = None, bind: bool = True) -> Iterator[str]:
+    """Start `vst serve` on `address` (default a free loopback one) with extra options; stop it afterwards.
+
+    `bind` False leaves --bind out: the server finds `address` itself ($VST_SERVER, --config)."""
     from vst_plugin import Client, ServerUnavailable
 
     address = address or _free_address()
     vst = str(Path(sys.executable).parent / "vst")
-    process = subprocess.Popen([vst, "serve", "--bind", address, "--device", "cpu", *options])
+    process = subprocess.Popen([vst, "serve", *(["--bind", address] if bind else []), "--device", "cpu", *options])
     try:
         deadline = time.monotonic() + 120
         while True:

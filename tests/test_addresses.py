@@ -5,22 +5,11 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from vst_plugin import Client
 
 VST = str(Path(sys.executable).parent / "vst")
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A folder with a short path: ipc socket paths are limited to about 100 bytes."""
-    with tempfile.TemporaryDirectory(prefix="vst-", dir="/tmp") as folder:
-        yield Path(folder)
 
 
 def test_serves_on_ipv6_loopback(vst_server) -> None:

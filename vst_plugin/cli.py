@@ -69,7 +69,7 @@ def add_model_folder_options(parser: argparse.ArgumentParser) -> None:
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
     """--server / --embedded and --timeout: how a host command reaches a server."""
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--server", default=os.environ.get("VST_SERVER", DEFAULT_ADDRESS), metavar="ADDR",
+    where.add_argument("--server", default=None, metavar="ADDR",
                        help=f"address of a running vst server (default $VST_SERVER, else {DEFAULT_ADDRESS})")
     where.add_argument("--embedded", action="store_true", help="run a server inside this command")
     parser.add_argument("--timeout", type=float, default=10.0,
@@ -214,7 +214,7 @@ def connect(args: argparse.Namespace) -> Iterator[Client]:
                 client.hello()
             except ServerUnavailable:
                 raise CommandError(
-                    f"no vst server is running at {args.server}. Start one in another shell with "
+                    f"no vst server is running at {client.address}. Start one in another shell with "
                     "`vst serve`, or add --embedded to run one inside this command."
                 ) from None
             yield client
@@ -308,9 +308,58 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def config_arguments(path: Path) -> list[str]:
+    """A TOML file of a command's long options as command-line arguments (`key = value`; a list repeats
+    the option; `true` gives a flag)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as file:
+            settings = tomllib.load(file)
+    except OSError as exc:
+        raise CommandError(f"cannot read the config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CommandError(f"{path} is not valid TOML: {exc}") from None
+    arguments: list[str] = []
+    for key, value in settings.items():
+        option = "--" + key.replace("_", "-")
+        if option == "--config" or isinstance(value, dict):
+            raise CommandError(f"{path}: {key!r} cannot be set in a config file")
+        for item in value if isinstance(value, list) else [value]:
+            if item is True:
+                arguments.append(option)
+            elif item is not False:
+                arguments += [option, str(item)]
+    return arguments
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse the command line; a command's --config FILE counts as options written before its own.
+
+    Options the parser does not know are an error, except for commands that pass render options on
+    (farm commands): those get them as `args.render_options`.
+    """
+    args, extra = parser.parse_known_args(argv)
+    config = getattr(args, "config", None)
+    try:
+        if config is not None:
+            at = argv.index(args.command) + 1
+            args, extra = parser.parse_known_args([*argv[:at], *config_arguments(config), *argv[at:]])
+        if extra and not getattr(args, "render_options_allowed", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit:
+        if config is not None:
+            print(f"vst: the options above include those of {config}", file=sys.stderr)
+        raise
+    args.render_options = extra
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `vst` command."""
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     word = next((item for item in argv if not item.startswith("-")), None)
     if word is not None and word not in _command_names(parser) and not _entry_points(COMMANDS_GROUP):
@@ -318,10 +367,11 @@ def main(argv: list[str] | None = None) -> int:
               f"({', '.join(_command_names(parser))}). Server commands come with the server: {SERVER_EXTRA}",
               file=sys.stderr)
         return 2
-    args, render_options = parser.parse_known_args(argv)  # farm commands pass render options on
-    if render_options and not getattr(args, "render_options_allowed", False):
-        parser.error(f"unrecognized arguments: {' '.join(render_options)}")
-    args.render_options = render_options
+    try:
+        args = parse_arguments(parser, argv)
+    except CommandError as exc:
+        print(f"vst: error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         return args.run(args)

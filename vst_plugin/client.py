@@ -11,7 +11,7 @@ import zmq
 
 from vst_plugin import protocol
 from vst_plugin.frame import Frame
-from vst_plugin.schema import DEFAULT_ADDRESS, stylize_fields
+from vst_plugin.schema import default_address, stylize_fields
 
 
 class VstError(Exception):
@@ -46,20 +46,21 @@ class Pending:
 class Client:
     """Talks to one vst server. Not thread-safe: use one Client per thread.
 
-    `timeout` is how long the client waits without any sign of life from the server (a reply or a
-    heartbeat) before it raises ServerUnavailable. While a long frame is computed the client pings
+    `address` defaults to $VST_SERVER, else tcp://127.0.0.1:5555. `timeout` is how long the client
+    waits without any sign of life from the server (a reply or a heartbeat) before it raises
+    ServerUnavailable. While a long frame is computed the client pings
     every `heartbeat` seconds, and the server answers pings at once, so slow frames never time out
     while the server is alive.
     """
 
     def __init__(
         self,
-        address: str = DEFAULT_ADDRESS,
+        address: str | None = None,
         timeout: float = 10.0,
         heartbeat: float = 1.0,
         context: zmq.Context | None = None,
     ):
-        self.address = address
+        self.address = address = address or default_address()
         self.timeout = timeout
         self.heartbeat = heartbeat
         self._context = context or zmq.Context.instance()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -29,6 +30,12 @@ VECTOR_MODES = ("auto", "off")
 MAX_REQUEST_ID = 2**63 - 1
 
 OPS = ("hello", "models", "stylize", "reset", "stats", "unload", "ping")
+
+
+def default_address() -> str:
+    """Where the server is when nothing says otherwise: $VST_SERVER, else DEFAULT_ADDRESS."""
+    return os.environ.get("VST_SERVER") or DEFAULT_ADDRESS
+
 
 ERROR_CODES: dict[str, str] = {
     "bad_request": "the header is malformed, a field is missing or has the wrong type",

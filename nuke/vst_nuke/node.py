@@ -22,7 +22,7 @@ import nuke
 from vst_plugin import Client, VstError
 from vst_plugin.jobs import ExrBytes, SequenceJob
 from vst_plugin.render import RenderSpec
-from vst_plugin.schema import DEFAULT_ADDRESS, DEFAULT_COLORSPACE, StylizeSettings
+from vst_plugin.schema import DEFAULT_COLORSPACE, StylizeSettings, default_address
 
 SCHEMA_KNOB = "vst_schema"
 """Hidden knob holding each model's parameter list (JSON); it also marks a Group as a vst node."""
@@ -75,7 +75,7 @@ def create() -> Any:
     schema = nuke.String_Knob(SCHEMA_KNOB, "schema", "{}")
     schema.setVisible(False)
     group.addKnob(schema)
-    group.addKnob(nuke.String_Knob("server", "server", os.environ.get("VST_SERVER", DEFAULT_ADDRESS)))
+    group.addKnob(nuke.String_Knob("server", "server", default_address()))
     button = nuke.PyScript_Knob("refresh", "Refresh from server", "import vst_nuke.node\n"
                                 "vst_nuke.node.refresh(nuke.thisNode())")
     button.setTooltip("rebuild the controls from the server's models (after starting it or adding models)")
