@@ -79,6 +79,22 @@ def test_multistyle_matches_onnxruntime(multistyle, onnx_session, shared, plate,
     assert expected.std() > 0.05  # a real stylized image, not a flat one
 
 
+def test_styles_are_named_in_the_weights_and_usable_in_place_of_numbers(multistyle, tmp_path):
+    assert multistyle.validate({"style": "night_swirl:0.5,Vivid_Abstract:0.5"}) == multistyle.validate(
+        {"style": "19:0.5,3:0.5"}
+    )
+    assert multistyle.validate({"style": {"red_blocks": 1}}) == multistyle.validate({"style": 17})
+    with pytest.raises(ParamError, match="did you mean night_swirl"):
+        multistyle.validate({"style": "night_swril"})
+    builtin = load_file(BUILTIN_DIR / "multistyle26.safetensors")
+    few = {key: tensor[:3] if key.endswith(("gamma", "beta")) else tensor for key, tensor in builtin.items()}
+    save_file(few, tmp_path / "three.safetensors", metadata={"style_names": '["ink", "rust", "sky"]'})
+    assert load_model(str(tmp_path / "three.safetensors")).schema()["params"][0]["choices"] == ["ink", "rust", "sky"]
+    save_file(few, tmp_path / "bad.safetensors", metadata={"style_names": '["ink", "rust"]'})
+    with pytest.raises(ModelError, match="must list 3 distinct"):
+        load_model(str(tmp_path / "bad.safetensors"))
+
+
 def test_multistyle_infers_styles_blocks_and_channels_from_shapes(tmp_path, multistyle):
     builtin = load_file(BUILTIN_DIR / "multistyle26.safetensors")
     assert multistyle.memory_bytes() == sum(t.numel() * 4 for t in builtin.values())
@@ -323,7 +339,7 @@ def test_style_mix_parsing(multistyle, value, expected):
         (26, "0-25"),
         ("-1", "0-25"),
         ("3:0.5,40:0.5", "style 40 does not exist"),
-        ("abc", "cannot read"),
+        ("abc", "'abc' is not a style"),
         ("3:-1", ">= 0"),
         ("3:0", "no style any weight"),
         ({"3": "lots"}, "cannot read"),

@@ -158,10 +158,11 @@ def test_describe_returns_the_typed_schema(folders):
     assert style == {
         "name": "style",
         "type": "style_mix",
-        "default": "0",
-        "choices": [str(i) for i in range(26)],
+        "default": "golden_pastel",
+        "choices": style["choices"],
         "help": style["help"],
     }
+    assert len(set(style["choices"])) == 26 and style["choices"][19] == "night_swirl"  # named in the weights
     assert strength == {
         "name": "strength", "type": "float", "default": 1.0, "min": 0.0, "max": 1.0, "help": strength["help"],
     }

@@ -31,6 +31,15 @@ WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "server" / "weights"
 OUTPUT = WEIGHTS_DIR / "multistyle26.safetensors"
 NOTICE = WEIGHTS_DIR / "NOTICE.md"
 COMMAND = ".venv/bin/python tools/convert_multistyle26.py"
+STYLE_NAMES = (
+    "golden_pastel", "yellow_outline", "white_charcoal", "vivid_abstract", "red_pastel", "dusty_rose",
+    "blue_cells", "bold_primaries", "colour_pencil", "teal_mosaic", "sepia_oil", "pen_and_ink", "lavender_haze",
+    "acid_green", "pale_blue_wash", "stained_glass", "blue_brushwork", "red_blocks", "sandstone", "night_swirl",
+    "red_monochrome", "paper_cutout", "charcoal_red", "dark_smoke", "blue_ink", "tapestry",
+)
+"""Names of the 26 styles in index order, stored in the weights' metadata (`style_names`). The source
+has none (its author: "the model I started from never came with any"), so these describe what each
+style looks like on real photographs."""
 
 
 def source_path() -> Path:
@@ -76,7 +85,12 @@ The 26-style network of Dumoulin, Shlens and Kudlur, "A Learned Representation f
 - Licence of these weights: {LICENSE}.
 - Conversion: the ONNX initializers are copied unchanged (same tensor names, float32) into the
   safetensors file, with metadata naming the source file, its sha256, the package version and the
-  licence. `server/models/multistyle.py` rebuilds the network from them.
+  licence, and the styles' names (`style_names`). `server/models/multistyle.py` rebuilds the network
+  from them.
+- Style names: the source gives its styles numbers only, so the names (`night_swirl`, `red_blocks`,
+  ...) are short descriptions of how each style looks, chosen by this project from contact sheets of
+  all 26 styles on real photographs; they do not claim to name the paintings the styles were learned
+  from.
 
 Regenerate (from the repository root, with `{PACKAGE}=={version}` installed; the output is
 byte-identical from run to run):
@@ -108,6 +122,7 @@ def main() -> None:
         "package": PACKAGE,
         "package_version": version,
         "license": LICENSE,
+        "style_names": json.dumps(list(STYLE_NAMES)),
     }
     blob = safetensors_bytes(tensors, meta)
     OUTPUT.write_bytes(blob)

@@ -10,6 +10,7 @@ over the budget, or as a retry after a CUDA out-of-memory error.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -136,12 +137,16 @@ def _to_bool(param: Param, value: Any) -> bool:
 def parse_style_mix(param: Param, value: Any) -> tuple[float, ...]:
     """Turn a style choice or blend into weights over `param.choices`, summing to 1.
 
-    Accepted: an int (``7``), a string (``"7"`` or ``"3:0.5,12:0.5"``; an index without a weight
-    counts 1), a mapping ``{"3": 0.5, "12": 0.5}``, or one weight per style (a list or tuple, which
-    is also what this returns, so validated values validate again). Repeated indices add up.
+    A style is its index or its name in `param.choices`. Accepted: an int (``7``), a string (``"7"``,
+    ``"starry_night"`` or ``"starry_night:0.5,12:0.5"``; a style without a weight counts 1), a mapping
+    ``{"3": 0.5, "12": 0.5}``, or one weight per style (a list or tuple, which is also what this
+    returns, so validated values validate again). Repeated styles add up.
     """
-    count = len(param.choices or ())
-    usage = f"use an index 0-{count - 1} or a blend like '3:0.5,12:0.5'"
+    choices = list(param.choices or ())
+    count = len(choices)
+    named = choices != [str(i) for i in range(count)]
+    names = ", a name (vst models lists them)" if named else ""
+    usage = f"use an index 0-{count - 1}{names} or a blend like '3:0.5,12:0.5'"
     if isinstance(value, bool):
         raise ParamError(f"{param.name}: {value!r} is not a style; {usage}")
     if isinstance(value, int):
@@ -157,10 +162,18 @@ def parse_style_mix(param: Param, value: Any) -> tuple[float, ...]:
         raise ParamError(f"{param.name}: {value!r} is not a style; {usage}")
     weights = [0.0] * count
     for index, weight in pairs:
+        if isinstance(index, str) and index.strip().lower() in choices:
+            index = choices.index(index.strip().lower())
         try:
-            i, w = int(index), float(weight)
+            i = int(index)
         except (TypeError, ValueError):
-            raise ParamError(f"{param.name}: cannot read {value!r}; {usage}") from None
+            close = difflib.get_close_matches(str(index).strip().lower(), choices, n=3)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise ParamError(f"{param.name}: {index!r} is not a style; {hint}{usage}") from None
+        try:
+            w = float(weight)
+        except (TypeError, ValueError):
+            raise ParamError(f"{param.name}: cannot read the weight {weight!r} of style {i}; {usage}") from None
         if not 0 <= i < count:
             raise ParamError(f"{param.name}: style {i} does not exist; {usage}")
         if not (math.isfinite(w) and w >= 0):

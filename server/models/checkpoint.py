@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from .base import ModelError, UnsafeCheckpointError
@@ -45,7 +45,8 @@ OPTION_KEYS = ("opts", "args")
 
 
 class StateDict(dict):
-    """Tensors by name, plus `options`: the plain training options saved beside them (empty if none).
+    """Tensors by name, plus `options`: the plain training options saved beside them, or a safetensors
+    file's metadata (text by key; empty if none).
 
     Most families need only the tensors; a family whose keys leave the architecture open (pSp and
     e4e encoders share theirs) reads the option that settles it.
@@ -67,11 +68,13 @@ def read_state_dict(path: str | Path) -> StateDict:
     if path.suffix == ".safetensors":
         try:
             data: Any = load_file(path)
+            with safe_open(path, "pt") as file:
+                options = dict(file.metadata() or {})
         except (SafetensorError, OSError) as error:
             raise ModelError(f"cannot read {path}: not a valid safetensors file ({error})") from None
     else:
         data = _torch_load(path)
-    options = _options(data)
+        options = _options(data)
     if isinstance(data, dict):
         wrapper = next((key for key in WRAPPER_KEYS if isinstance(data.get(key), dict)), None)
         if wrapper is not None:

@@ -17,6 +17,8 @@ conv (no bias) is followed by a norm whose scale and shift are the style weights
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import torch
@@ -71,6 +73,30 @@ def plan(module: nn.Module, values: dict[str, Any]) -> Plan:
     return module.plan(_style(module, values))
 
 
+STYLE_NAMES_KEY = "style_names"
+"""Metadata key of a safetensors checkpoint holding its styles' names, a JSON list in style order."""
+
+
+def style_names(metadata: dict[str, Any], count: int) -> tuple[str, ...]:
+    """The checkpoint's names of its `count` styles, or their indices ("0", "1", ...) when it has none.
+
+    Names must be distinct, lower-case identifiers (``starry_night``) that are not numbers, so that a
+    style can be given by name or by index. Anything else in the metadata is an error in the file.
+    """
+    text = metadata.get(STYLE_NAMES_KEY)
+    if text is None:
+        return tuple(str(i) for i in range(count))
+    names = json.loads(text)
+    if (
+        not isinstance(names, list)
+        or len(names) != count
+        or len(set(names)) != count
+        or not all(isinstance(n, str) and re.fullmatch(r"[a-z][a-z0-9_]*", n) for n in names)
+    ):
+        raise ValueError(f"metadata {STYLE_NAMES_KEY!r} must list {count} distinct lower-case names")
+    return tuple(names)
+
+
 def load(state_dict: dict[str, torch.Tensor]) -> ModelDescriptor:
     """Build the network with channel counts, residual blocks and styles taken from the shapes."""
     weights = {_module_key(key): tensor for key, tensor in state_dict.items()}
@@ -82,12 +108,13 @@ def load(state_dict: dict[str, torch.Tensor]) -> ModelDescriptor:
 
     net = StyleTransformer(shapes, norm)
     net.load_state_dict(weights)
+    names = style_names(getattr(state_dict, "options", {}), styles)
     style = Param(
         "style",
         "style_mix",
-        "0",
-        choices=tuple(str(i) for i in range(styles)),
-        help=f"style 0-{styles - 1}, or a blend such as 3:0.5,12:0.5",
+        names[0],
+        choices=names,
+        help=f"style by name or index 0-{styles - 1}, or a blend such as 3:0.5,12:0.5",
     )
     return ModelDescriptor(
         module=net,
