@@ -28,9 +28,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from server.colour import ColourSpaces, srgb_decode, srgb_encode  # noqa: E402
 from server.models import load_model  # noqa: E402
 from server.pipeline import stylize_frame  # noqa: E402
-from tools.sheet import label, write_grid  # noqa: E402
 from vst_plugin.frame import Frame, Part  # noqa: E402
 from vst_plugin.schema import StylizeSettings  # noqa: E402
+from vst_plugin.sheet import label, write_grid  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TILE = 420
@@ -103,16 +103,16 @@ def main() -> None:
         results.append(encoded(plate, stylize_frame(plate, arbitrary, arbitrary.validate(params), options, colours)))
         print(f"{params} done", flush=True)
 
-    rows = [
-        [tile(video_frame(100), "plate: Big Buck Bunny frame 100"),
-         tile(painted, "painting a: frame 30, built-in style 19"),
-         tile(painted_b[0].permute(1, 2, 0).numpy(),
-              "painting b: Carrots.exr, built-in style 7")],
-        [tile(results[0], "plate styled from painting a"),
-         tile(results[1], "plate styled from painting b"),
-         tile(results[2], "style_mix 0.5 of a and b")],
+    tiles = [
+        tile(video_frame(100), "plate: Big Buck Bunny frame 100"),
+        tile(painted, "painting a: frame 30, built-in style 19"),
+        tile(painted_b[0].permute(1, 2, 0).numpy(), "painting b: Carrots.exr, built-in style 7"),
+        tile(results[0], "plate styled from painting a"),
+        tile(results[1], "plate styled from painting b"),
+        tile(results[2], "style_mix 0.5 of a and b"),
     ]
-    write_grid(rows, args.out)
+    width, height = write_grid(tiles, 3, args.out)
+    print(f"wrote {args.out} ({width}x{height})")
 
 if __name__ == "__main__":
     main()

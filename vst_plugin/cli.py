@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from importlib import metadata
@@ -79,7 +80,9 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
 
 def add_style_options(parser: argparse.ArgumentParser, style_images: bool = True) -> None:
     """The model parameters a command sets: --style, --strength, --param and the style-image options."""
-    parser.add_argument("--style", default=None, help="style of the built-in network: 7, or a blend 3:0.5,12:0.5")
+    parser.add_argument("--style", default=None,
+                        help="built-in style by index or name (7, night_swirl; vst models lists them), "
+                        "or a blend 3:0.5,12:0.5")
     parser.add_argument("--strength", type=float, default=None, help="mix of stylized and original, 0..1")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="any other model parameter (value read as JSON when it parses)")
@@ -181,6 +184,28 @@ def _add_models(commands: Any) -> None:
     models.set_defaults(run=run_models)
 
 
+def _add_sheet(commands: Any) -> None:
+    sheet = commands.add_parser(
+        "sheet", help="one plate in many styles, as one labelled picture to choose a style from",
+        description="Stylizes the plate in each style through a server (at the plate's own resolution, with the "
+        "server's colour pipeline) and writes the tiles, labelled with each style's index and name, as one picture.",
+    )
+    sheet.add_argument("plate", help="an EXR plate, e.g. plate.1001.exr")
+    sheet.add_argument("-o", "--output", required=True, help="picture to write (.png, .jpg, .tif)")
+    sheet.add_argument("--styles", nargs="+", default=None, metavar="STYLE",
+                       help="styles to show: names, indices or blends such as night_swirl:0.5,3:0.5 "
+                       "(default: every style of the model)")
+    sheet.add_argument("--model", default=None, help="a model with built-in styles (default: the server's)")
+    sheet.add_argument("--input-colorspace", default=None, metavar="NAME",
+                       help=f"colour space of the plate (default: what the file declares, else {DEFAULT_COLORSPACE})")
+    sheet.add_argument("--highlights", default="preserve", choices=HIGHLIGHT_POLICIES,
+                       help="what happens to values outside 0..1 (default preserve)")
+    sheet.add_argument("--columns", type=int, default=6, help="tiles per row (default 6)")
+    sheet.add_argument("--width", type=int, default=320, metavar="PIXELS", help="width of each tile (default 320)")
+    add_connection_options(sheet)
+    sheet.set_defaults(run=run_sheet)
+
+
 def _entry_points(group: str) -> list[metadata.EntryPoint]:
     found = metadata.entry_points()
     return list(found.select(group=group) if hasattr(found, "select") else found.get(group, ()))
@@ -195,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(commands)
     install.register(commands)
     farm_commands.register(commands)
+    _add_sheet(commands)
     for entry in _entry_points(COMMANDS_GROUP):
         entry.load()(commands)
     return parser
@@ -228,14 +254,14 @@ def connect(args: argparse.Namespace) -> Iterator[Client]:
         yield client
 
 
-def plate_colorspace(first_input: str) -> str:
+def plate_colorspace(first_input: str, command: str = "render") -> str:
     """The colour space the first input file declares (said on stderr), else the default."""
     from vst_plugin.colour import declared_colorspace
 
     declared = declared_colorspace(first_input)
     if declared is None:
         return DEFAULT_COLORSPACE
-    print(f"vst render: input colour space {declared.name} ({declared.reason}); --input-colorspace overrides",
+    print(f"vst {command}: input colour space {declared.name} ({declared.reason}); --input-colorspace overrides",
           file=sys.stderr)
     return declared.name
 
@@ -302,9 +328,45 @@ def run_models(args: argparse.Namespace) -> int:
             bounds = ""
             if param.get("min") is not None or param.get("max") is not None:
                 bounds = f" [{param.get('min')}..{param.get('max')}]"
-            if param.get("choices"):
+            if param.get("choices") and param["type"] != "style_mix":
                 bounds = f" choices {','.join(param['choices'][:8])}{'...' if len(param['choices']) > 8 else ''}"
             print(f"    {param['name']}: {param['type']} = {param['default']!r}{bounds}  {param.get('help', '')}")
+            if param["type"] == "style_mix" and param.get("choices"):
+                styles = ", ".join(f"{i} {name}" if name != str(i) else name for i, name in enumerate(param["choices"]))
+                print(textwrap.fill(f"styles: {styles}", width=110, initial_indent=" " * 8, subsequent_indent=" " * 16))
+    return 0
+
+
+def run_sheet(args: argparse.Namespace) -> int:
+    """Write a contact sheet of the plate in each style of a model."""
+    from tqdm import tqdm
+
+    from vst_plugin.exr import ExrError, read_exr
+    from vst_plugin.sheet import SheetError, sheet_tiles, style_choices, write_grid
+
+    if args.columns < 1 or args.width < 16:
+        raise CommandError("--columns must be at least 1 and --width at least 16 pixels")
+    try:
+        plate = read_exr(args.plate)
+    except ExrError as exc:
+        raise CommandError(str(exc)) from None
+    colorspace = args.input_colorspace or plate_colorspace(args.plate, "sheet")
+    with connect(args) as client:
+        name = args.model or client.hello()["capabilities"]["default_model"]
+        model = next((model for model in client.models() if model["name"] == name), None)
+        if model is None or "error" in model:
+            reason = model["error"] if model else "no such model on the server (vst models lists them)"
+            raise CommandError(f"model {name}: {reason}")
+        try:
+            choices = style_choices(model)
+            styles = args.styles or choices
+            with tqdm(total=len(styles), unit="style", desc="vst sheet") as progress:
+                tiles = sheet_tiles(client, plate, styles, name, choices, colorspace, args.width,
+                                    progress=lambda _: progress.update(1), highlights=args.highlights)
+            width, height = write_grid(tiles, min(args.columns, len(tiles)), args.output)
+        except SheetError as exc:
+            raise CommandError(str(exc)) from None
+    print(f"wrote {args.output} ({width}x{height}: the plate and {len(styles)} styles of {name})")
     return 0
 
 
