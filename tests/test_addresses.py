@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from vst_plugin import Client
 
 VST = str(Path(sys.executable).parent / "vst")
@@ -32,19 +34,22 @@ def test_second_server_on_a_live_ipc_path_is_refused(vst_server, short_dir: Path
             assert client.hello()["protocol"] == 1
 
 
-def test_stale_ipc_socket_file_is_replaced(vst_server, short_dir: Path) -> None:
+def test_stale_ipc_socket_file_is_replaced(short_dir: Path) -> None:
+    from server.service import claim_ipc_path
+
     path = short_dir / "stale.sock"
     with socket.socket(socket.AF_UNIX) as dead:  # a socket file nobody listens on, as a killed server leaves
         dead.bind(str(path))
     assert path.is_socket()
-    with vst_server(address=f"ipc://{path}"), Client(f"ipc://{path}", timeout=5) as client:
-        assert client.hello()["protocol"] == 1
+    claim_ipc_path(f"ipc://{path}")
+    assert not path.exists()
 
 
 def test_ipc_path_that_is_not_a_socket_is_left_alone(short_dir: Path) -> None:
+    from server.service import BindError, claim_ipc_path
+
     path = short_dir / "notes.txt"
     path.write_text("keep me")
-    done = subprocess.run([VST, "serve", "--bind", f"ipc://{path}", "--device", "cpu"],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1 and "is not a socket" in done.stderr
+    with pytest.raises(BindError, match="is not a socket"):
+        claim_ipc_path(f"ipc://{path}")
     assert path.read_text() == "keep me"
