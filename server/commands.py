@@ -1,4 +1,4 @@
-"""The server's `vst` subcommands (serve, export, eval, convert-stylegan) and the embedded server.
+"""The server's `vst` subcommands (serve, export, eval, convert-stylegan, train) and the embedded server.
 
 Registered through the `vst.commands` and `vst.embedded` entry-point groups (pyproject.toml), so the
 host-side command line (`vst_plugin.cli`) finds them without naming this package. Nothing heavy is
@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from server.train import command as train
 from vst_plugin.cli import CommandError, add_model_folder_options, add_style_options, render_params
 from vst_plugin.schema import DEFAULT_ADDRESS, FLOW_PRESETS, default_address
 
@@ -84,6 +85,7 @@ def register(commands: Any) -> None:
     convert.add_argument("input", type=Path, help="NVlabs network pickle (.pkl)")
     convert.add_argument("output", type=Path, help="rosinality checkpoint to write (.pt)")
     convert.set_defaults(run=run_convert_stylegan)
+    train.register(commands)
 
 
 @contextlib.contextmanager

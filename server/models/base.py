@@ -14,7 +14,7 @@ import difflib
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
@@ -209,6 +209,8 @@ class ModelDescriptor:
     """The `StyleModel` subclass that serves this family (one with a wider API); None: StyleModel."""
     plan: Planner | None = None
     """(module, validated values) -> the network as tiling steps (server/tiling.py); None: never tiled."""
+    info: dict[str, str] = field(default_factory=dict)
+    """What the checkpoint says about itself (e.g. the settings it was trained with); shown by `vst models`."""
 
     def build(self, name: str, device: torch.device, dtype: torch.dtype) -> StyleModel:
         """Wrap the network in its model class on a device."""
@@ -235,6 +237,7 @@ class StyleModel:
         self._module = descriptor.module.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self._run = descriptor.run
         self._plan = descriptor.plan
+        self.info = dict(descriptor.info)
 
     def __repr__(self) -> str:
         return f"StyleModel({self.name!r}, family={self.family!r}, device={self.device}, dtype={self.dtype})"
@@ -359,13 +362,16 @@ class StyleModel:
 
     def schema(self) -> dict[str, Any]:
         """Return what a host needs to build its UI, as plain data."""
-        return {
+        schema = {
             "name": self.name,
             "family": self.family,
             "params": [param.to_dict() for param in self.params],
             "size_multiple": self.size_multiple,
             "supports_half": self.supports_half,
         }
+        if self.info:
+            schema["info"] = dict(self.info)
+        return schema
 
 
 def _release_cached(device: torch.device) -> None:

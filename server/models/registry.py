@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from . import arbitrary, fast_neural_style, identity, multistyle, stylegan2
+from . import arbitrary, fast_neural_style, identity, keyframe, multistyle, stylegan2
 from .base import ModelDescriptor, ModelError, StyleModel, UnknownModelError
 from .checkpoint import read_state_dict
 
-FAMILIES = (multistyle, arbitrary, fast_neural_style, stylegan2)
+FAMILIES = (multistyle, arbitrary, fast_neural_style, keyframe, stylegan2)
 """Detection order. Adding an architecture means adding a module and one entry here."""
 
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "weights"

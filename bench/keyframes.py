@@ -1,0 +1,202 @@
+"""Keyframe training: does a model trained on ONE painted frame paint other, different frames as intended?
+
+The "painting" is a built-in style's render of the keyframe (multistyle26 through the server's
+pipeline), so the intended result of every other frame is known: the same style's render of it.
+Plates (scene-linear EXR, 320 px wide) in one sequence:
+
+- frame 1: Big Buck Bunny frame 0 (the keyframe: the bunny in its burrow);
+- frames 61, 101, 131: Big Buck Bunny frames 60, 100, 130 (same shot, far away: the bunny stands in
+  front of the burrow, other pose and colours);
+- frames 1001-1005: OpenEXR photographs (Cannon, Carrots, Desk, StillLife, GoldenGate): other content.
+
+The model is trained with exactly the checked command (`vst train keyframes PLATES PAINTED --frames 1
+-o MODEL --steps N`) and the held-out frames rendered with `vst render ... --model MODEL --embedded`.
+Score: PSNR of each held-out frame against the intended render, in sRGB-encoded 0..1 (clamped), versus
+two baselines a user already has: copying the painted keyframe (resized to the frame), and the
+arbitrary model with the painted keyframe as its style image. The training loss (L1 on the keyframe's
+patches) is not the score.
+
+    .venv/bin/python bench/keyframes.py [--steps 250,1000] [--styles 19] [--strip docs/images/keyframes.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import cpu_name  # noqa: E402
+from server.colour import ColourSpaces, srgb_decode, srgb_encode  # noqa: E402
+from server.models import load_model  # noqa: E402
+from server.pipeline import StylizeOptions, stylize_frame  # noqa: E402
+from tools.sheet import label, write_grid  # noqa: E402
+from vst_plugin.exr import read_exr, write_exr  # noqa: E402
+from vst_plugin.frame import Frame, Part  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+WIDTH = 320
+KEYFRAME = 1
+SAME_SHOT = {61: 60, 101: 100, 131: 130}
+PHOTOS = {1001: "ScanLines/Cannon", 1002: "ScanLines/Carrots", 1003: "ScanLines/Desk",
+          1004: "ScanLines/StillLife", 1005: "Tiles/GoldenGate"}
+VST = str(Path(sys.executable).parent / "vst")
+
+
+def linear_frame(linear: np.ndarray) -> Frame:
+    height, width = linear.shape[:2]
+    window = (0, 0, width - 1, height - 1)
+    return Frame([Part({c: np.ascontiguousarray(linear[..., i]) for i, c in enumerate("RGB")}, window, window)])
+
+
+def resized(image: np.ndarray, width: int) -> np.ndarray:
+    height = round(image.shape[0] * width / image.shape[1] / 2) * 2
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def make_plates(folder: Path, shared: Path) -> list[int]:
+    """Write the plate sequence (module docstring); returns the held-out frame numbers."""
+    video = cv2.VideoCapture(str(shared / "video/bigbuckbunny.mp4"))
+    wanted = {0: KEYFRAME, **{source: frame for frame, source in SAME_SHOT.items()}}
+    index = 0
+    while wanted:
+        ok, bgr = video.read()
+        if not ok:
+            raise SystemExit("cannot decode enough frames of bigbuckbunny.mp4")
+        if index in wanted:
+            encoded = torch.from_numpy(resized(bgr[..., ::-1].astype(np.float32) / 255, WIDTH))
+            write_exr(linear_frame(srgb_decode(encoded).numpy()), str(folder / f"plate.{wanted.pop(index):04d}.exr"))
+        index += 1
+    for frame, name in PHOTOS.items():
+        part = read_exr(shared / f"exr/{name}.exr").parts[0]
+        rgb = np.stack([part.channels[c] for c in "RGB"], axis=-1).astype(np.float32)
+        write_exr(linear_frame(resized(np.nan_to_num(rgb), WIDTH)), str(folder / f"plate.{frame:04d}.exr"))
+    return [*SAME_SHOT, *PHOTOS]
+
+
+def encoded_rgb(path: Path) -> np.ndarray:
+    """An EXR's RGB as sRGB-encoded 0..1 (clamped): the space the score is computed in."""
+    part = read_exr(path).parts[0]
+    rgb = np.stack([part.channels[c] for c in "RGB"], axis=-1).astype(np.float32)
+    return srgb_encode(torch.from_numpy(rgb).clamp(0, 1)).numpy()
+
+
+def render_in_process(plate: Path, model: str, params: dict, output: Path, colours: ColourSpaces) -> None:
+    """Stylize one plate with the server's own pipeline (what a server does for a request)."""
+    frame = read_exr(plate)
+    changed = stylize_frame(frame, load_model(model), params, StylizeOptions(model, params), colours)
+    part = frame.parts[0]
+    channels = {name: changed.get((0, name), plane) for name, plane in part.channels.items()}
+    write_exr(Frame([Part(channels, part.data_window, part.display_window)]), str(output))
+
+
+def boxed(image: np.ndarray, width: int = WIDTH, height: int = 214) -> np.ndarray:
+    """`image` fitted into a width x height black box, aspect kept."""
+    scale = min(width / image.shape[1], height / image.shape[0])
+    size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+    out = np.zeros((height, width, 3), np.float32)
+    top, left = (height - size[1]) // 2, (width - size[0]) // 2
+    out[top : top + size[1], left : left + size[0]] = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return out
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1 / np.mean((a - b) ** 2)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", default="1000", help="training lengths to measure, comma separated")
+    parser.add_argument("--styles", default="19", help="built-in styles that paint the keyframe, comma separated")
+    parser.add_argument("--shared", type=Path, default=SHARED)
+    parser.add_argument("--strip", type=Path, default=None, help="write the README strip here (first style)")
+    parser.add_argument("--work", type=Path, default=None, help="keep the files here (default: a temporary folder)")
+    args = parser.parse_args()
+    if not (args.shared / "video/bigbuckbunny.mp4").is_file():
+        raise SystemExit(f"{args.shared} holds no video/bigbuckbunny.mp4; pass --shared PATH")
+    work = args.work or Path(tempfile.mkdtemp(prefix="vst-keyframes-"))
+    plates = work / "plates"
+    plates.mkdir(parents=True, exist_ok=True)
+    held_out = make_plates(plates, args.shared)
+    colours = ColourSpaces()
+    print(f"# keyframes benchmark\n\n{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"load {os.getloadavg()[0]:.1f}; plates {WIDTH} px wide; keyframe = Big Buck Bunny frame 0\n")
+    print("| style | steps | train s | group | frame | copy keyframe | arbitrary | trained | trained - best baseline |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    summary = []
+    for style in [int(s) for s in args.styles.split(",")]:
+        folder = work / f"style{style}"
+        (folder / "intended").mkdir(parents=True, exist_ok=True)
+        painted = folder / f"painted.{KEYFRAME:04d}.exr"
+        render_in_process(plates / f"plate.{KEYFRAME:04d}.exr", "multistyle26", {"style": style}, painted, colours)
+        painted_rgb = encoded_rgb(painted)
+        baselines = {}
+        for frame in held_out:
+            plate = plates / f"plate.{frame:04d}.exr"
+            intended = folder / "intended" / f"{frame}.exr"
+            render_in_process(plate, "multistyle26", {"style": style}, intended, colours)
+            arbitrary = folder / f"arbitrary.{frame}.exr"
+            render_in_process(plate, "arbitrary", {"style_image": str(painted)}, arbitrary, colours)
+            target = encoded_rgb(intended)
+            copy = cv2.resize(painted_rgb, target.shape[1::-1], interpolation=cv2.INTER_AREA)
+            baselines[frame] = (target, psnr(copy, target), psnr(encoded_rgb(arbitrary), target))
+        for steps in [int(s) for s in args.steps.split(",")]:
+            model = folder / f"model{steps}.safetensors"
+            started = time.monotonic()
+            subprocess.run([VST, "train", "keyframes", str(plates / "plate.####.exr"), str(folder / "painted.####.exr"),
+                            "--frames", str(KEYFRAME), "-o", str(model), "--steps", str(steps)], check=True)
+            seconds = time.monotonic() - started
+            out = folder / f"out{steps}"
+            frames = ",".join(map(str, held_out))
+            subprocess.run([VST, "render", str(plates / "plate.####.exr"), str(out / "out.####.exr"),
+                            "--frames", frames, "--model", str(model), "--embedded"], check=True)
+            margins = {"same shot": [], "photographs": []}
+            for frame in held_out:
+                target, copy, arbitrary = baselines[frame]
+                trained = psnr(encoded_rgb(out / f"out.{frame:04d}.exr"), target)
+                group = "same shot" if frame in SAME_SHOT else "photographs"
+                margin = trained - max(copy, arbitrary)
+                margins[group].append(margin)
+                name = f"BBB {SAME_SHOT[frame]}" if frame in SAME_SHOT else PHOTOS[frame].split("/")[1]
+                print(f"| {style} | {steps} | {seconds:.0f} | {group} | {name} | {copy:.2f} | {arbitrary:.2f} | "
+                      f"{trained:.2f} | {margin:+.2f} |", flush=True)
+            summary.append((style, steps, seconds, margins))
+        if args.strip and style == int(args.styles.split(",")[0]):
+            write_strip(args.strip, plates, folder, painted_rgb, held_out, max(int(s) for s in args.steps.split(",")))
+    print("\n| style | steps | train s | mean margin same shot | min | mean margin photographs | min |")
+    print("|---|---|---|---|---|---|---|")
+    for style, steps, seconds, margins in summary:
+        shot, photos = margins["same shot"], margins["photographs"]
+        print(f"| {style} | {steps} | {seconds:.0f} | {np.mean(shot):+.2f} | {min(shot):+.2f} | "
+              f"{np.mean(photos):+.2f} | {min(photos):+.2f} |")
+    print(f"\nload after: {os.getloadavg()[0]:.1f}; files in {work}")
+
+
+def write_strip(path: Path, plates: Path, folder: Path, painted: np.ndarray, held_out: list[int], steps: int) -> None:
+    """plate | painted keyframe | for two held-out frames: plate, trained, arbitrary, intended."""
+    keyframe = encoded_rgb(plates / f"plate.{KEYFRAME:04d}.exr")
+    rows = []
+    for frame in (held_out[1], held_out[4]):
+        target = encoded_rgb(folder / "intended" / f"{frame}.exr")
+        tiles = [
+            (keyframe, "keyframe plate"), (painted, "painted keyframe"),
+            (encoded_rgb(plates / f"plate.{frame:04d}.exr"), "held-out plate"),
+            (encoded_rgb(folder / f"out{steps}" / f"out.{frame:04d}.exr"), f"trained ({steps} steps)"),
+            (encoded_rgb(folder / f"arbitrary.{frame}.exr"), "arbitrary"), (target, "intended"),
+        ]
+        rows.append([label(boxed(image), text, 16) for image, text in tiles])
+    write_grid(rows, str(path))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""`vst train`: the command line of training (registered with the `vst` command's subcommands).
+
+Training runs in the `vst train` process itself, never inside a server: a running `vst serve` keeps
+serving (on a shared GPU the run reports the memory it takes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from vst_plugin.cli import CommandError
+from vst_plugin.sequence import SequenceError, parse_frames
+
+
+def register(subparsers: Any) -> None:
+    """Add `train keyframes` (and its options) to the `vst` command's subparsers."""
+    train = subparsers.add_parser("train", help="train a model: from painted keyframes of a shot")
+    jobs = train.add_subparsers(dest="training", required=True)
+
+    keyframes = jobs.add_parser(
+        "keyframes",
+        help="learn plate -> painted from one or a few painted frames; the model then paints the whole shot",
+        description="Trains a small feed-forward network (the keyframe family) on random patches of the painted "
+        "keyframes and writes it as a checkpoint the server loads: vst render PLATES OUT --model MODEL.safetensors.",
+    )
+    keyframes.add_argument("plates", help="plate sequence pattern (plate.####.exr) or one file")
+    keyframes.add_argument("painted", help="painted frames: a pattern with the plates' frame numbers, or one file")
+    keyframes.add_argument("--frames", required=True, help="the painted keyframes, e.g. 1001 or 1001,1050")
+    keyframes.add_argument("-o", "--output", required=True, type=Path, help="model file to write (.safetensors)")
+    keyframes.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
+    keyframes.add_argument("--minutes", type=float, default=None, help="stop after this long even if steps remain")
+    keyframes.add_argument("--seed", type=int, default=0, help="random seed of weights and patches (default 0)")
+    keyframes.add_argument("--resume", type=Path, default=None, metavar="STATE",
+                           help="continue from a MODEL.safetensors.train-state file (or a trained model's weights)")
+    keyframes.add_argument("--input-colorspace", default="lin_rec709", metavar="NAME",
+                           help="OCIO colour space of the plates, or raw (default lin_rec709); render with the same")
+    keyframes.add_argument("--painted-colorspace", default=None, metavar="NAME",
+                           help="OCIO colour space of the painted frames (default: the plates')")
+    keyframes.add_argument("--highlights", default="preserve", choices=("preserve", "compress", "clamp"),
+                           help="highlight policy, as in vst render (default preserve); render with the same")
+    keyframes.add_argument("--patch", type=int, default=64, help="training patch side in pixels (default 64)")
+    keyframes.add_argument("--batch", type=int, default=8, help="patches per step (default 8)")
+    keyframes.add_argument("--learning-rate", type=float, default=2e-3, help="Adam learning rate (default 0.002)")
+    keyframes.add_argument("--width", type=int, default=16,
+                           help="channels at full resolution, doubled at each level down (default 16)")
+    keyframes.add_argument("--levels", type=int, default=2, help="steps down to half resolution (default 2)")
+    keyframes.add_argument("--blocks", type=int, default=4, help="residual blocks (default 4)")
+    keyframes.add_argument("--preview-every", type=int, default=100, metavar="N",
+                           help="write MODEL.preview.png (plate | painted | network) every N steps (0: never)")
+    keyframes.add_argument("--checkpoint-every", type=int, default=250, metavar="N",
+                           help="save the resumable training state every N steps (default 250)")
+    keyframes.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu (default auto)")
+    keyframes.add_argument("--threads", type=int, default=max(1, len(os.sched_getaffinity(0)) // 2),
+                           help="CPU threads (default: half the cores, so a server on this machine keeps the rest)")
+    keyframes.set_defaults(run=run_keyframes)
+
+
+def run_keyframes(args: argparse.Namespace) -> int:
+    """Train a keyframe model from the command line, with a progress bar."""
+    import torch
+    from tqdm import tqdm
+
+    from server.models import ModelError, resolve_device
+    from server.train.data import TrainingDataError, read_pairs
+    from server.train.keyframes import KeyframeSettings, TrainingError, preview_path, state_path, train_keyframes
+
+    if args.output.suffix != ".safetensors":
+        raise CommandError(f"-o {args.output}: the model is written as safetensors; name it *.safetensors")
+    torch.set_num_threads(max(1, args.threads))
+    settings = KeyframeSettings(
+        steps=args.steps, minutes=args.minutes, seed=args.seed, patch=args.patch, batch=args.batch,
+        learning_rate=args.learning_rate, width=args.width, levels=args.levels, blocks=args.blocks,
+        colorspace=args.input_colorspace, painted_colorspace=args.painted_colorspace or args.input_colorspace,
+        highlights=args.highlights, preview_every=args.preview_every, checkpoint_every=args.checkpoint_every,
+    )
+    try:
+        settings.check()
+        device = resolve_device(args.device)
+        frames = parse_frames(args.frames)
+        pairs = read_pairs(args.plates, args.painted, frames, settings.colorspace, settings.painted_colorspace,
+                           settings.highlights)
+    except (SequenceError, TrainingDataError, TrainingError, ModelError) as exc:
+        raise CommandError(str(exc)) from None
+    size = pairs[0].plate.shape
+    print(f"vst train: {len(pairs)} keyframe(s) of {size[2]}x{size[1]} on {device}; "
+          f"preview {preview_path(args.output)}", file=sys.stderr)
+    sources = {"plates": args.plates, "painted": args.painted, "keyframes": args.frames}
+    with tqdm(total=settings.steps, unit="step", desc="vst train", dynamic_ncols=True) as bar:
+        def progress(step: int, loss: float, figures: dict[str, Any]) -> None:
+            bar.n = step
+            bar.set_postfix(l1=f"{loss:.4f}", **figures, refresh=False)
+            bar.update(0)
+
+        try:
+            result = train_keyframes(pairs, settings, args.output, device, args.resume, progress, sources)
+        except TrainingError as exc:
+            raise CommandError(str(exc)) from None
+        except KeyboardInterrupt:
+            bar.close()
+            print(f"vst train: interrupted; the model so far is in {args.output}; continue with "
+                  f"--resume {state_path(args.output)}", file=sys.stderr)
+            return 130
+    stop = f" (stopped by --minutes {args.minutes})" if result.stopped_by_time else ""
+    memory = "" if result.peak_gpu_bytes is None else f", peak GPU memory {result.peak_gpu_bytes / 2**20:.0f} MiB"
+    print(f"wrote {args.output}: {result.steps} steps in {result.seconds:.0f} s{stop}, L1 {result.loss:.4f}"
+          f"{memory}. Render with: vst render PLATES OUT --frames ... --model {args.output}")
+    return 0

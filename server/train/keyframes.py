@@ -1,0 +1,274 @@
+"""`vst train keyframes`: fit a small keyframe network to painted frames of a shot, on random patches.
+
+The loop: sample aligned patches of plate and painted keyframes, predict, L1 loss, Adam with a cosine
+learning-rate decay. Every `preview_every` steps the whole first keyframe is run and written as a
+PNG (plate | painted | network); every `checkpoint_every` steps (and on Ctrl-C) the training state
+is saved beside the output so `--resume` continues where it stopped. The model is written as
+safetensors in the `keyframe` family's layout (server/models/keyframe.py) with the training settings
+as metadata, so the server's registry loads it like any other checkpoint.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from server.models import keyframe
+from server.models.checkpoint import read_state_dict
+from server.train.data import Pair, PatchSampler
+
+STATE_SUFFIX = ".train-state"
+"""Suffix of the resumable training state written beside the model (not a model the registry lists)."""
+
+
+class TrainingError(ValueError):
+    """Training cannot start or continue as asked."""
+
+
+@dataclass(frozen=True)
+class KeyframeSettings:
+    """What a keyframe training run depends on besides its images (stored in the model's metadata)."""
+
+    steps: int = 1000
+    minutes: float | None = None
+    seed: int = 0
+    patch: int = 64
+    batch: int = 8
+    learning_rate: float = 2e-3
+    width: int = 16
+    levels: int = 2
+    blocks: int = 4
+    colorspace: str = "lin_rec709"
+    painted_colorspace: str = "lin_rec709"
+    highlights: str = "preserve"
+    preview_every: int = 100
+    checkpoint_every: int = 250
+
+    def check(self) -> None:
+        """Raise TrainingError for settings that cannot train."""
+        if self.steps < 1:
+            raise TrainingError(f"--steps {self.steps}: train at least one step")
+        if self.minutes is not None and not self.minutes > 0:
+            raise TrainingError(f"--minutes {self.minutes}: give a positive time")
+        if self.patch < 16 or self.batch < 1:
+            raise TrainingError("--patch must be at least 16 pixels and --batch at least 1")
+        if min(self.width, self.levels, self.blocks) < 1:
+            raise TrainingError("--width, --levels and --blocks must be at least 1")
+        if self.patch % 2**self.levels:
+            raise TrainingError(f"--patch {self.patch}: use a multiple of {2**self.levels} (2 ** --levels)")
+
+    def widths(self) -> tuple[int, ...]:
+        """Channels at each level: --width at full resolution, doubling at each step down."""
+        return tuple(self.width * 2**level for level in range(self.levels + 1))
+
+
+@dataclass
+class TrainingResult:
+    """How a run ended."""
+
+    output: Path
+    steps: int
+    seconds: float
+    loss: float
+    peak_gpu_bytes: int | None
+    stopped_by_time: bool
+
+
+Progress = Callable[[int, float, dict[str, Any]], None]
+"""(step done, smoothed loss, extra figures) after each step."""
+
+
+def state_path(output: Path) -> Path:
+    """Where the resumable training state of `output` is kept."""
+    return output.with_name(output.name + STATE_SUFFIX)
+
+
+def preview_path(output: Path) -> Path:
+    """Where the preview image of `output` is written."""
+    return output.with_name(output.stem + ".preview.png")
+
+
+def train_keyframes(
+    pairs: list[Pair],
+    settings: KeyframeSettings,
+    output: Path,
+    device: torch.device,
+    resume: Path | None = None,
+    progress: Progress | None = None,
+    sources: dict[str, str] | None = None,
+) -> TrainingResult:
+    """Train a keyframe network on `pairs` and write it to `output` (safetensors); see the module docstring."""
+    settings.check()
+    torch.manual_seed(settings.seed)
+    net = keyframe.KeyframeNet(settings.widths(), settings.blocks)
+    optimizer = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
+    generator = torch.Generator().manual_seed(settings.seed)
+    step = 0
+    if resume is not None:
+        step = _resume(resume, net, optimizer, generator)
+        if step >= settings.steps:
+            raise TrainingError(f"{resume} has already trained {step} steps; ask for more with --steps")
+    net.to(device).train()
+    _optimizer_to(optimizer, device)
+    sampler = PatchSampler(pairs, settings.patch, settings.batch, generator, 2**settings.levels)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.monotonic()
+    deadline = None if settings.minutes is None else started + settings.minutes * 60
+    smoothed = math.nan
+    stopped_by_time = False
+    try:
+        while step < settings.steps:
+            if deadline is not None and time.monotonic() >= deadline:
+                stopped_by_time = True
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = _learning_rate(settings, step)
+            plate, painted = (t.to(device) for t in sampler.sample())
+            loss = F.l1_loss(net.unclamped(plate), painted)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            value = float(loss.detach())
+            smoothed = value if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * value
+            if settings.preview_every and (step % settings.preview_every == 0 or step == settings.steps):
+                write_preview(net, pairs[0], preview_path(output), device)
+            if settings.checkpoint_every and step % settings.checkpoint_every == 0:
+                _save_state(state_path(output), net, optimizer, generator, step, settings)
+            if progress is not None:
+                progress(step, smoothed, _figures(device))
+    except KeyboardInterrupt:
+        _save_state(state_path(output), net, optimizer, generator, step, settings)
+        _save_model(net, output, settings, step, smoothed, time.monotonic() - started, sources)
+        raise
+    seconds = time.monotonic() - started
+    _save_model(net, output, settings, step, smoothed, seconds, sources)
+    _save_state(state_path(output), net, optimizer, generator, step, settings)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return TrainingResult(output, step, seconds, smoothed, peak, stopped_by_time)
+
+
+def _learning_rate(settings: KeyframeSettings, step: int) -> float:
+    """Cosine decay from the learning rate to 5% of it over the planned steps."""
+    progress = min(step / settings.steps, 1.0)
+    return settings.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _figures(device: torch.device) -> dict[str, Any]:
+    if device.type != "cuda":
+        return {}
+    return {"gpu_mem": f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}MiB"}
+
+
+def write_preview(net: keyframe.KeyframeNet, pair: Pair, path: Path, device: torch.device) -> None:
+    """Write plate | painted | the network's result on the whole keyframe as an 8-bit sRGB PNG."""
+    import OpenImageIO as oiio
+
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        plate = pair.plate[None].to(device)
+        height, width = plate.shape[2:]
+        multiple = 2 ** len(net.down)
+        padded = F.pad(plate, (0, -width % multiple, 0, -height % multiple), mode="replicate")
+        result = net(padded)[0, :, :height, :width].cpu()
+    net.train(was_training)
+    strip = torch.cat([pair.plate, pair.painted, result], dim=2).permute(1, 2, 0).numpy()
+    pixels = (strip.clip(0, 1) * 255 + 0.5).astype(np.uint8)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.png")
+    buffer = oiio.ImageBuf(np.ascontiguousarray(pixels))
+    if not buffer.write(str(temporary)):
+        raise TrainingError(f"cannot write the preview {path}: {buffer.geterror()}")
+    os.replace(temporary, path)
+
+
+def _metadata(
+    settings: KeyframeSettings, step: int, loss: float, seconds: float, sources: dict[str, str] | None
+) -> dict[str, str]:
+    values = {key: "" if value is None else str(value) for key, value in asdict(settings).items()}
+    values.update(sources or {})
+    values.update({
+        "trained_by": "vst train keyframes",
+        "trained_steps": str(step),
+        "final_l1": f"{loss:.5f}",
+        "training_seconds": f"{seconds:.1f}",
+        "trained_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+    })
+    return values
+
+
+def _save_model(
+    net: keyframe.KeyframeNet, output: Path, settings: KeyframeSettings, step: int, loss: float, seconds: float,
+    sources: dict[str, str] | None,
+) -> None:
+    """Write the model atomically (temporary file, then rename)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    save_file(keyframe.state_dict_of(net), temporary, metadata=_metadata(settings, step, loss, seconds, sources))
+    os.replace(temporary, output)
+
+
+def _save_state(
+    path: Path, net: keyframe.KeyframeNet, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+    step: int, settings: KeyframeSettings,
+) -> None:
+    """The resumable state: weights, optimizer moments, step, random generator (plain tensors and values)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save({
+        "model": keyframe.state_dict_of(net),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "generator": generator.get_state(),
+        "settings": asdict(settings),
+    }, temporary)
+    os.replace(temporary, path)
+
+
+def _resume(path: Path, net: keyframe.KeyframeNet, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> int:
+    """Load a training state (or only the weights of a trained model) and return the steps already done."""
+    if path.suffix == ".safetensors":
+        state_dict = read_state_dict(path)
+        _load_weights(net, state_dict, path)
+        return int(state_dict.options.get("trained_steps", 0))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same mistake for the user
+        raise TrainingError(f"cannot resume from {path}: not a vst training state ({exc})"[:300]) from None
+    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+        raise TrainingError(f"cannot resume from {path}: not a vst training state")
+    _load_weights(net, state["model"], path)
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    return int(state["step"])
+
+
+def _load_weights(net: keyframe.KeyframeNet, state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    theirs = {key: tuple(value.shape) for key, value in state_dict.items()}
+    ours = {key: tuple(value.shape) for key, value in keyframe.state_dict_of(net).items()}
+    if theirs != ours:
+        raise TrainingError(
+            f"{path} holds a network of another shape than these settings build; resume with the --width, "
+            "--levels and --blocks it was trained with"
+        )
+    net.load_state_dict({key.removeprefix(keyframe.PREFIX): value for key, value in state_dict.items()})
+
+
+def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value) and key != "step":
+                state[key] = value.to(device)
+
