@@ -324,6 +324,8 @@ def run_models(args: argparse.Namespace) -> int:
             continue
         state = "loaded" if model.get("loaded") else "not loaded"
         print(f"{model['name']}  ({model['family']}, {state})")
+        if model.get("info"):  # what the checkpoint says about itself, e.g. its training settings
+            print(f"    info: {', '.join(f'{key}={value}' for key, value in sorted(model['info'].items()))}")
         for param in model["params"]:
             bounds = ""
             if param.get("min") is not None or param.get("max") is not None:

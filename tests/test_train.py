@@ -1,0 +1,181 @@
+"""`vst train keyframes`: real EXR plates, the real command, the trained file loaded by the real registry,
+served by a real server (temporal too), tiled and exported.
+
+The plates are 96x64 crops of the shipped Beachball sample (RGBA, premultiplied, scene-linear). The
+"painting" of a frame is a fixed colour grade in the network's sRGB-encoded space (channels rotated,
+contrast lowered, lifted), so the intended painting of the frames that were not painted is known.
+Training is short (small network, 32 px patches): seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import OpenImageIO as oiio
+import pytest
+import torch
+from safetensors import safe_open
+
+from server.colour import srgb_decode, srgb_encode
+from server.export import export
+from server.models import ModelRegistry
+from server.pipeline import StylizeOptions, _run_network
+from vst_plugin import Client
+from vst_plugin.cli import main
+from vst_plugin.exr import read_exr, write_exr
+from vst_plugin.frame import Frame, Part
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples/beachball"
+SMALL = ["--width", "8", "--blocks", "2", "--patch", "32", "--batch", "4", "--threads", "1"]
+
+
+def crop(frame: Frame, height: int = 64, width: int = 96) -> dict[str, np.ndarray]:
+    part = frame.parts[0]
+    return {name: np.ascontiguousarray(part.channels[name][380 : 380 + height, 330 : 330 + width])
+            for name in "RGBA"}
+
+
+def paint(channels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The known "painting": a grade in the network's space, applied to the unpremultiplied colour."""
+    alpha = np.where(channels["A"] > 0, channels["A"].astype(np.float32), 1)
+    rgb = np.stack([channels[c].astype(np.float32) / alpha for c in "RGB"])
+    encoded = srgb_encode(torch.from_numpy(rgb).clamp(0, 1))
+    graded = (0.15 + 0.7 * encoded[[2, 0, 1]]).clamp(0, 1)
+    linear = srgb_decode(graded).numpy() * alpha
+    return {**{c: linear[i].astype(np.float16) for i, c in enumerate("RGB")}, "A": channels["A"]}
+
+
+def write(channels: dict[str, np.ndarray], path: Path) -> None:
+    height, width = channels["R"].shape
+    window = (0, 0, width - 1, height - 1)
+    write_exr(Frame([Part(channels, window, window)]), str(path))
+
+
+@pytest.fixture(scope="module")
+def shot(tmp_path_factory) -> Path:
+    """plates/plate.000{1,2,3}.exr, painted/painted.0001.exr, and intended/painted.000{2,3}.exr."""
+    folder = tmp_path_factory.mktemp("shot")
+    for sub in ("plates", "painted", "intended"):
+        (folder / sub).mkdir()
+    for n in (1, 2, 3):
+        plate = crop(read_exr(SAMPLES / f"beachball.{n:04d}.exr"))
+        write(plate, folder / f"plates/plate.{n:04d}.exr")
+        write(paint(plate), folder / ("painted" if n == 1 else "intended") / f"painted.{n:04d}.exr")
+    return folder
+
+
+def train(shot: Path, output: Path, *extra: str) -> int:
+    return main(["train", "keyframes", str(shot / "plates/plate.####.exr"), str(shot / "painted/painted.####.exr"),
+                 "--frames", "1", "-o", str(output), *SMALL, *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(shot: Path, tmp_path_factory) -> Path:
+    models = tmp_path_factory.mktemp("models")
+    assert train(shot, models / "grade.safetensors", "--steps", "150", "--preview-every", "50") == 0
+    return models / "grade.safetensors"
+
+
+def rgb_of(path: Path) -> np.ndarray:
+    part = read_exr(path).parts[0]
+    return np.stack([part.channels[c].astype(np.float32) for c in "RGB"], axis=-1)
+
+
+def test_training_writes_a_model_the_registry_loads_with_its_settings(trained: Path):
+    model = ModelRegistry().get(str(trained))
+    assert model.family == "keyframe" and model.size_multiple == 4
+    assert model.info["trained_steps"] == "150" and model.info["keyframes"] == "1"
+    assert model.info["highlights"] == "preserve" and model.info["trained_by"] == "vst train keyframes"
+    with safe_open(trained, "pt") as opened:
+        assert opened.metadata()["width"] == "8"
+    preview = oiio.ImageInput.open(str(trained.with_name("grade.preview.png")))
+    assert (preview.spec().width, preview.spec().height) == (3 * 96, 64)  # plate | painted | network
+    preview.close()
+
+
+def test_a_real_server_paints_the_other_frames_like_the_keyframe(shot, trained, vst_server, tmp_path, capsys):
+    with vst_server("--models-dir", str(trained.parent)) as address:
+        with Client(address) as client:
+            listed = {entry["name"]: entry for entry in client.models()}
+        assert listed["grade"]["family"] == "keyframe" and listed["grade"]["info"]["trained_steps"] == "150"
+        code = main(["render", str(shot / "plates/plate.####.exr"), str(tmp_path / "out.####.exr"), "--frames", "2-3",
+                     "--model", "grade", "--server", address, "--temporal"])
+        assert code == 0
+        assert main(["models", "--server", address]) == 0
+        assert "trained_steps" in capsys.readouterr().out
+    for n in (2, 3):
+        out, intended = rgb_of(tmp_path / f"out.{n:04d}.exr"), rgb_of(shot / f"intended/painted.{n:04d}.exr")
+        plate = rgb_of(shot / f"plates/plate.{n:04d}.exr")
+        before, after = np.abs(plate - intended).mean(), np.abs(out - intended).mean()
+        print(f"frame {n}: plate vs intended {before:.4f}, trained vs intended {after:.4f}")
+        assert after < 0.35 * before
+        assert read_exr(tmp_path / f"out.{n:04d}.exr").parts[0].channels.keys() == {"R", "G", "B", "A"}
+
+
+def test_the_trained_model_tiles_and_exports(shot, trained, tmp_path):
+    model = ModelRegistry().get(str(trained))
+    rgb = torch.rand(1, 3, 70, 90)
+    assert (model.stylize(rgb, tile=32) - model.stylize(rgb)).abs().max() < 1e-5
+    plate = rgb_of(shot / "plates/plate.0002.exr")
+    expected = _run_network(plate, model, model.validate({}), StylizeOptions(model.name), None, None)
+    scripted = torch.jit.load(str(export(model, tmp_path / "grade.pt", "torchscript")))
+    session = ort.InferenceSession(str(export(model, tmp_path / "grade.onnx", "onnx")),
+                                   providers=["CPUExecutionProvider"])
+    nchw = np.ascontiguousarray(plate.transpose(2, 0, 1)[None])
+    with torch.no_grad():
+        from_script = scripted(torch.from_numpy(nchw)).numpy()[0].transpose(1, 2, 0)
+    from_onnx = session.run(None, {"linear_rgb": nchw})[0][0].transpose(1, 2, 0)
+    assert np.abs(from_script - expected).max() < 1e-5 and np.abs(from_onnx - expected).max() < 1e-4
+    assert np.abs(expected - plate).max() > 0.1  # the model really changes the plate
+
+
+def test_a_painted_frame_of_another_size_is_refused(shot, tmp_path, capsys):
+    plate = crop(read_exr(SAMPLES / "beachball.0001.exr"), height=60)
+    write(paint(plate), tmp_path / "painted.0001.exr")
+    code = main(["train", "keyframes", str(shot / "plates/plate.####.exr"), str(tmp_path / "painted.0001.exr"),
+                 "--frames", "1", "-o", str(tmp_path / "m.safetensors"), *SMALL, "--steps", "5"])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert "96x60" in error and "96x64" in error and "same data window" in error
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_a_missing_keyframe_is_named(shot, tmp_path, capsys):
+    code = train(shot, tmp_path / "m.safetensors", "--frames", "7", "--steps", "5")
+    assert code == 1 and "plate.0007.exr" in capsys.readouterr().err
+
+
+def test_the_seed_repeats_a_run_and_resume_continues_it(shot, tmp_path):
+    first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    for output in (first, second):
+        assert train(shot, output, "--steps", "10", "--seed", "3", "--preview-every", "0") == 0
+    a, b = ModelRegistry().get(str(first)), ModelRegistry().get(str(second))
+    assert all(torch.equal(x, y) for x, y in zip(a._module.state_dict().values(), b._module.state_dict().values(),
+                                                  strict=True))
+    state = tmp_path / "a.safetensors.train-state"
+    assert state.is_file()
+    assert train(shot, first, "--steps", "25", "--seed", "3", "--resume", str(state), "--preview-every", "0") == 0
+    resumed = ModelRegistry().get(str(first))
+    assert resumed.info["trained_steps"] == "25"
+    assert not torch.equal(resumed._module.tail.weight, b._module.tail.weight)
+    assert torch.load(state, weights_only=True)["step"] == 25
+
+
+def test_resuming_a_finished_run_says_so(shot, tmp_path, capsys):
+    output = tmp_path / "m.safetensors"
+    assert train(shot, output, "--steps", "4", "--preview-every", "0") == 0
+    capsys.readouterr()
+    code = train(shot, output, "--steps", "4", "--resume", str(output.with_name("m.safetensors.train-state")))
+    assert code == 1 and "already trained 4 steps" in capsys.readouterr().err
+
+
+def test_default_settings_train(shot, tmp_path):
+    output = tmp_path / "m.safetensors"
+    code = main(["train", "keyframes", str(shot / "plates/plate.####.exr"), str(shot / "painted/painted.####.exr"),
+                 "--frames", "1", "-o", str(output), "--steps", "3"])
+    assert code == 0
+    assert ModelRegistry().get(str(output)).info["patch"] == "64"
