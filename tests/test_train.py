@@ -179,3 +179,52 @@ def test_default_settings_train(shot, tmp_path):
                  "--frames", "1", "-o", str(output), "--steps", "3"])
     assert code == 0
     assert ModelRegistry().get(str(output)).info["patch"] == "64"
+
+
+def tiny_vgg(path: Path) -> Path:
+    """A small randomly initialised network in torchvision's VGG layout (no pretrained VGG is available here)."""
+    torch.manual_seed(0)
+    layout = {0: (3, 8), 2: (8, 8), 5: (8, 16), 7: (16, 16), 10: (16, 16)}  # pools where the index jumps by 3
+    state = {}
+    for index, (cin, cout) in layout.items():
+        state[f"features.{index}.weight"] = torch.randn(cout, cin, 3, 3) * (2 / (9 * cin)) ** 0.5
+        state[f"features.{index}.bias"] = torch.zeros(cout)
+    torch.save(state, path)
+    return path
+
+
+STYLE_SMALL = ["--size", "64", "--patch", "32", "--batch", "2", "--width", "4", "--blocks", "1", "--threads", "1"]
+
+
+def test_train_style_writes_a_fast_neural_style_model(shot, tmp_path):
+    output = tmp_path / "painterly.safetensors"
+    code = main(["train", "style", str(shot / "painted/painted.0001.exr"), "--content",
+                 str(shot / "plates/plate.####.exr"), "--content-frames", "1-3", "-o", str(output),
+                 "--vgg", str(tiny_vgg(tmp_path / "vgg.pth")), "--steps", "4", "--adversarial-weight", "0.1",
+                 "--temporal-weight", "1", *STYLE_SMALL])
+    assert code == 0
+    model = ModelRegistry().get(str(output))
+    assert model.family == "fast_neural_style" and model.info["trained_by"] == "vst train style"
+    assert model.info["temporal_weight"] == "1.0" and model.stylize(torch.rand(1, 3, 40, 52)).shape == (1, 3, 40, 52)
+
+
+def test_train_style_lowers_its_losses(shot, tmp_path):
+    from server.train.style import StyleSettings, read_content, read_vgg, train_style
+
+    clips = read_content([str(shot / "plates/plate.####.exr")], [1, 2, 3], 64, "lin_rec709", 8)
+    settings = StyleSettings(steps=60, size=64, patch=32, batch=2, width=4, blocks=1, learning_rate=1e-2,
+                             temporal_weight=1.0)
+    result = train_style(shot / "painted/painted.0001.exr", clips, read_vgg(tiny_vgg(tmp_path / "vgg.pth")),
+                         settings, tmp_path / "s.safetensors", torch.device("cpu"))
+    first, last = np.mean([row[3] for row in result.curve[:5]]), np.mean([row[3] for row in result.curve[-5:]])
+    print(f"style loss {first:.3g} -> {last:.3g}")
+    assert last < 0.5 * first
+
+
+def test_train_style_refuses_a_file_that_is_not_a_vgg(shot, tmp_path, capsys):
+    not_vgg = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, not_vgg)
+    code = main(["train", "style", str(shot / "painted/painted.0001.exr"), "--content",
+                 str(shot / "plates/plate.0001.exr"), "-o", str(tmp_path / "s.safetensors"), "--vgg", str(not_vgg),
+                 *STYLE_SMALL])
+    assert code == 1 and "not a torchvision VGG" in capsys.readouterr().err

@@ -131,7 +131,8 @@ def plan(module: nn.Module, values: dict[str, Any]) -> Plan:
 
 
 def load(state_dict: dict[str, torch.Tensor]) -> ModelDescriptor:
-    """Build the network with channel widths and residual blocks taken from the shapes."""
+    """Build the network with channel widths and residual blocks taken from the shapes; the file's
+    options (a safetensors file's metadata: `vst train style` settings) become the model's info."""
     weights = {key: value for key, value in state_dict.items() if not _UNUSED_NORM_STATS.search(key)}
     blocks = sum(1 for key in weights if _RESIDUAL.fullmatch(key))
     net = TransformerNet({key: tensor.shape for key, tensor in weights.items()}, blocks)
@@ -145,4 +146,5 @@ def load(state_dict: dict[str, torch.Tensor]) -> ModelDescriptor:
         supports_half=True,
         run=_run,
         plan=plan,
+        info=dict(getattr(state_dict, "options", {})),
     )

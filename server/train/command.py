@@ -17,8 +17,8 @@ from vst_plugin.sequence import SequenceError, parse_frames
 
 
 def register(subparsers: Any) -> None:
-    """Add `train keyframes` (and its options) to the `vst` command's subparsers."""
-    train = subparsers.add_parser("train", help="train a model: from painted keyframes of a shot")
+    """Add `train keyframes` and `train style` to the `vst` command's subparsers."""
+    train = subparsers.add_parser("train", help="train a model: from painted keyframes of a shot, or a style image")
     jobs = train.add_subparsers(dest="training", required=True)
 
     keyframes = jobs.add_parser(
@@ -54,9 +54,54 @@ def register(subparsers: Any) -> None:
     keyframes.add_argument("--checkpoint-every", type=int, default=250, metavar="N",
                            help="save the resumable training state every N steps (default 250)")
     keyframes.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu (default auto)")
-    keyframes.add_argument("--threads", type=int, default=max(1, len(os.sched_getaffinity(0)) // 2),
+    keyframes.add_argument("--threads", type=int, default=_half_the_cores(),
                            help="CPU threads (default: half the cores, so a server on this machine keeps the rest)")
     keyframes.set_defaults(run=run_keyframes)
+
+    style = jobs.add_parser(
+        "style",
+        help="train a fast style network for one style image (Johnson et al.) with a local VGG loss network",
+        description="Trains a Johnson transformer (pytorch/examples fast_neural_style layout) with content, Gram style "
+        "and total-variation losses in the feature space of a VGG16/VGG19 read from a local file in torchvision's "
+        "layout (nothing is downloaded), optionally a PatchGAN adversarial and a flow-warped temporal term.",
+    )
+    style.add_argument("style_image", type=Path, help="the style picture (EXR, PNG, JPEG, ...)")
+    style.add_argument("--content", nargs="+", required=True, metavar="PLATES_OR_MOVIE",
+                       help="content: EXR plate patterns (with --content-frames) and/or movie files")
+    style.add_argument("--content-frames", default=None, metavar="LIST", help="frames of the plate patterns")
+    style.add_argument("-o", "--output", required=True, type=Path, help="model file to write (.safetensors)")
+    style.add_argument("--vgg", required=True, type=Path,
+                       help="local VGG16/VGG19 weights in torchvision's layout (features.N.weight), "
+                       ".safetensors or a weights-only .pth")
+    style.add_argument("--steps", type=int, default=2000, help="training steps (default 2000)")
+    style.add_argument("--minutes", type=float, default=None, help="stop after this long even if steps remain")
+    style.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    style.add_argument("--size", type=int, default=256, help="content frames' shorter side in pixels (default 256)")
+    style.add_argument("--patch", type=int, default=128, help="training crop side (default 128)")
+    style.add_argument("--batch", type=int, default=4, help="crops per step (default 4)")
+    style.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
+    style.add_argument("--width", type=int, default=32, help="channels of the first layer (default 32, as Johnson)")
+    style.add_argument("--blocks", type=int, default=5, help="residual blocks (default 5)")
+    style.add_argument("--content-weight", type=float, default=1.0)
+    style.add_argument("--style-weight", type=float, default=1e5)
+    style.add_argument("--tv-weight", type=float, default=1e-2)
+    style.add_argument("--adversarial-weight", type=float, default=0.0, help="PatchGAN term (default 0: off)")
+    style.add_argument("--temporal-weight", type=float, default=0.0,
+                       help="consecutive content frames warped by optical flow (default 0: off)")
+    style.add_argument("--content-colorspace", default="lin_rec709", metavar="NAME",
+                       help="OCIO colour space of EXR content (default lin_rec709)")
+    style.add_argument("--style-colorspace", default="auto", metavar="NAME",
+                       help="colour space of the style image (auto: lin_rec709 for EXR, sRGB otherwise)")
+    style.add_argument("--max-movie-frames", type=int, default=64, help="frames read from each movie (default 64)")
+    style.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu (default auto)")
+    style.add_argument("--threads", type=int, default=_half_the_cores(),
+                       help="CPU threads (default: half the cores, so a server on this machine keeps the rest)")
+    style.set_defaults(run=run_style)
+
+
+def _half_the_cores() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    return max(1, cores // 2)
 
 
 def run_keyframes(args: argparse.Namespace) -> int:
@@ -108,4 +153,50 @@ def run_keyframes(args: argparse.Namespace) -> int:
     memory = "" if result.peak_gpu_bytes is None else f", peak GPU memory {result.peak_gpu_bytes / 2**20:.0f} MiB"
     print(f"wrote {args.output}: {result.steps} steps in {result.seconds:.0f} s{stop}, L1 {result.loss:.4f}"
           f"{memory}. Render with: vst render PLATES OUT --frames ... --model {args.output}")
+    return 0
+
+
+def run_style(args: argparse.Namespace) -> int:
+    """Train a style network from the command line, with a progress bar."""
+    import torch
+    from tqdm import tqdm
+
+    from server.models import ModelError, resolve_device
+    from server.train.data import TrainingDataError
+    from server.train.keyframes import TrainingError
+    from server.train.style import StyleSettings, read_content, read_vgg, train_style
+
+    if args.output.suffix != ".safetensors":
+        raise CommandError(f"-o {args.output}: the model is written as safetensors; name it *.safetensors")
+    torch.set_num_threads(max(1, args.threads))
+    settings = StyleSettings(
+        steps=args.steps, minutes=args.minutes, seed=args.seed, size=args.size, patch=args.patch, batch=args.batch,
+        learning_rate=args.learning_rate, width=args.width, blocks=args.blocks, content_weight=args.content_weight,
+        style_weight=args.style_weight, tv_weight=args.tv_weight, adversarial_weight=args.adversarial_weight,
+        temporal_weight=args.temporal_weight, colorspace=args.content_colorspace,
+        style_colorspace=args.style_colorspace,
+    )
+    try:
+        settings.check()
+        if not args.style_image.is_file():
+            raise TrainingDataError(f"style image {args.style_image} does not exist")
+        device = resolve_device(args.device)
+        frames = parse_frames(args.content_frames) if args.content_frames else None
+        clips = read_content(args.content, frames, settings.size, settings.colorspace, args.max_movie_frames)
+        vgg = read_vgg(args.vgg)
+    except (SequenceError, TrainingDataError, TrainingError, ModelError) as exc:
+        raise CommandError(str(exc)) from None
+    sources = {"style_image": str(args.style_image), "content": " ".join(args.content), "vgg": str(args.vgg)}
+    with tqdm(total=settings.steps, unit="step", desc="vst train style", dynamic_ncols=True) as bar:
+        def progress(step: int, values: dict[str, float], figures: dict[str, Any]) -> None:
+            bar.n = step
+            bar.set_postfix({name: f"{value:.3g}" for name, value in values.items()} | figures, refresh=False)
+            bar.update(0)
+
+        try:
+            result = train_style(args.style_image, clips, vgg, settings, args.output, device, progress, sources)
+        except (TrainingError, TrainingDataError, ModelError) as exc:
+            raise CommandError(str(exc)) from None
+    memory = "" if result.peak_gpu_bytes is None else f", peak GPU memory {result.peak_gpu_bytes / 2**20:.0f} MiB"
+    print(f"wrote {args.output}: {result.steps} steps in {result.seconds:.0f} s{memory}")
     return 0
