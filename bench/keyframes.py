@@ -39,10 +39,11 @@ sys.path.insert(0, str(ROOT))
 from bench.common import cpu_name  # noqa: E402
 from server.colour import ColourSpaces, srgb_decode, srgb_encode  # noqa: E402
 from server.models import load_model  # noqa: E402
-from server.pipeline import StylizeOptions, stylize_frame  # noqa: E402
+from server.pipeline import stylize_frame  # noqa: E402
 from tools.sheet import label, write_grid  # noqa: E402
 from vst_plugin.exr import read_exr, write_exr  # noqa: E402
 from vst_plugin.frame import Frame, Part  # noqa: E402
+from vst_plugin.schema import StylizeSettings  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 WIDTH = 320
@@ -94,7 +95,7 @@ def encoded_rgb(path: Path) -> np.ndarray:
 def render_in_process(plate: Path, model: str, params: dict, output: Path, colours: ColourSpaces) -> None:
     """Stylize one plate with the server's own pipeline (what a server does for a request)."""
     frame = read_exr(plate)
-    changed = stylize_frame(frame, load_model(model), params, StylizeOptions(model, params), colours)
+    changed = stylize_frame(frame, load_model(model), params, StylizeSettings(model, params), colours)
     part = frame.parts[0]
     channels = {name: changed.get((0, name), plane) for name, plane in part.channels.items()}
     write_exr(Frame([Part(channels, part.data_window, part.display_window)]), str(output))

@@ -21,11 +21,12 @@ from safetensors import safe_open
 from server.colour import srgb_decode, srgb_encode
 from server.export import export
 from server.models import ModelRegistry
-from server.pipeline import StylizeOptions, _run_network
+from server.pipeline import _run_network
 from vst_plugin import Client
 from vst_plugin.cli import main
 from vst_plugin.exr import read_exr, write_exr
 from vst_plugin.frame import Frame, Part
+from vst_plugin.schema import StylizeSettings
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 
@@ -121,7 +122,7 @@ def test_the_trained_model_tiles_and_exports(shot, trained, tmp_path):
     rgb = torch.rand(1, 3, 70, 90)
     assert (model.stylize(rgb, tile=32) - model.stylize(rgb)).abs().max() < 1e-5
     plate = rgb_of(shot / "plates/plate.0002.exr")
-    expected = _run_network(plate, model, model.validate({}), StylizeOptions(model.name), None, None)
+    expected = _run_network(plate, model, model.validate({}), StylizeSettings(model.name), None, None)
     scripted = torch.jit.load(str(export(model, tmp_path / "grade.pt", "torchscript")))
     session = ort.InferenceSession(str(export(model, tmp_path / "grade.onnx", "onnx")),
                                    providers=["CPUExecutionProvider"])

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vst_plugin.cli import CommandError
+from vst_plugin.schema import DEFAULT_COLORSPACE, HIGHLIGHT_POLICIES
 from vst_plugin.sequence import SequenceError, parse_frames
 
 
@@ -36,11 +37,12 @@ def register(subparsers: Any) -> None:
     keyframes.add_argument("--seed", type=int, default=0, help="random seed of weights and patches (default 0)")
     keyframes.add_argument("--resume", type=Path, default=None, metavar="STATE",
                            help="continue from a MODEL.safetensors.train-state file (or a trained model's weights)")
-    keyframes.add_argument("--input-colorspace", default="lin_rec709", metavar="NAME",
-                           help="OCIO colour space of the plates, or raw (default lin_rec709); render with the same")
+    keyframes.add_argument("--input-colorspace", default=DEFAULT_COLORSPACE, metavar="NAME",
+                           help=f"OCIO colour space of the plates, or raw (default {DEFAULT_COLORSPACE}); "
+                           "render with the same")
     keyframes.add_argument("--painted-colorspace", default=None, metavar="NAME",
                            help="OCIO colour space of the painted frames (default: the plates')")
-    keyframes.add_argument("--highlights", default="preserve", choices=("preserve", "compress", "clamp"),
+    keyframes.add_argument("--highlights", default="preserve", choices=HIGHLIGHT_POLICIES,
                            help="highlight policy, as in vst render (default preserve); render with the same")
     keyframes.add_argument("--patch", type=int, default=64, help="training patch side in pixels (default 64)")
     keyframes.add_argument("--batch", type=int, default=8, help="patches per step (default 8)")
@@ -88,8 +90,8 @@ def register(subparsers: Any) -> None:
     style.add_argument("--adversarial-weight", type=float, default=0.0, help="PatchGAN term (default 0: off)")
     style.add_argument("--temporal-weight", type=float, default=0.0,
                        help="consecutive content frames warped by optical flow (default 0: off)")
-    style.add_argument("--content-colorspace", default="lin_rec709", metavar="NAME",
-                       help="OCIO colour space of EXR content (default lin_rec709)")
+    style.add_argument("--content-colorspace", default=DEFAULT_COLORSPACE, metavar="NAME",
+                       help=f"OCIO colour space of EXR content (default {DEFAULT_COLORSPACE})")
     style.add_argument("--style-colorspace", default="auto", metavar="NAME",
                        help="colour space of the style image (auto: lin_rec709 for EXR, sRGB otherwise)")
     style.add_argument("--max-movie-frames", type=int, default=64, help="frames read from each movie (default 64)")

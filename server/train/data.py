@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from server.colour import RAW, ColourSpaces, to_network
+from server.colour import ColourSpaces, to_network
 from vst_plugin.exr import ExrError, read_exr
 from vst_plugin.frame import colour_layers
+from vst_plugin.schema import RAW_COLORSPACE
 from vst_plugin.sequence import frame_path, has_frame_token
 
 
@@ -43,10 +44,10 @@ def read_network_rgb(path: str, colorspace: str, highlights: str, colours: Colou
     if layer.alpha:
         alpha = part.channels[layer.alpha].astype(np.float32)[..., None]
         rgb /= np.where(alpha > 0, alpha, np.float32(1))
-    if colorspace != RAW:
+    if colorspace != RAW_COLORSPACE:
         rgb = colours.to_linear(rgb, colorspace)
     linear = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
-    return to_network(linear, highlights, encode=colorspace != RAW).encoded[0].contiguous()
+    return to_network(linear, highlights, encode=colorspace != RAW_COLORSPACE).encoded[0].contiguous()
 
 
 @dataclass
