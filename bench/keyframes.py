@@ -7,7 +7,10 @@ Plates (scene-linear EXR, 320 px wide) in one sequence:
 - frame 1: Big Buck Bunny frame 0 (the keyframe: the bunny in its burrow);
 - frames 61, 101, 131: Big Buck Bunny frames 60, 100, 130 (same shot, far away: the bunny stands in
   front of the burrow, other pose and colours);
-- frames 1001-1005: OpenEXR photographs (Cannon, Carrots, Desk, StillLife, GoldenGate): other content.
+- frames 1001-1005: OpenEXR photographs (Cannon, Carrots, Desk, StillLife, GoldenGate): other content;
+- frames 201-212: Big Buck Bunny frames 61-72, consecutive: the trained model's stability in motion,
+  per frame and with `--temporal`, as Lai et al.'s warping error (`vst eval temporal`, DIS flow on the
+  plates), beside the built-in style's own per-frame render.
 
 The model is trained with exactly the checked command (`vst train keyframes PLATES PAINTED --frames 1
 -o MODEL --steps N`) and the held-out frames rendered with `vst render ... --model MODEL --embedded`.
@@ -38,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import cpu_name  # noqa: E402
 from server.colour import ColourSpaces, srgb_decode, srgb_encode  # noqa: E402
+from server.evaluate import evaluate_temporal  # noqa: E402
 from server.models import load_model  # noqa: E402
 from server.pipeline import stylize_frame  # noqa: E402
 from tools.sheet import label, write_grid  # noqa: E402
@@ -49,6 +53,8 @@ SHARED = ROOT.parent / "shared"
 WIDTH = 320
 KEYFRAME = 1
 SAME_SHOT = {61: 60, 101: 100, 131: 130}
+MOTION = {201 + i: 61 + i for i in range(12)}
+"""Plates 201-212: Big Buck Bunny frames 61-72 in a row, for the stability measurement."""
 PHOTOS = {1001: "ScanLines/Cannon", 1002: "ScanLines/Carrots", 1003: "ScanLines/Desk",
           1004: "ScanLines/StillLife", 1005: "Tiles/GoldenGate"}
 VST = str(Path(sys.executable).parent / "vst")
@@ -68,7 +74,7 @@ def resized(image: np.ndarray, width: int) -> np.ndarray:
 def make_plates(folder: Path, shared: Path) -> list[int]:
     """Write the plate sequence (module docstring); returns the held-out frame numbers."""
     video = cv2.VideoCapture(str(shared / "video/bigbuckbunny.mp4"))
-    wanted = {0: KEYFRAME, **{source: frame for frame, source in SAME_SHOT.items()}}
+    wanted = {0: KEYFRAME, **{source: frame for frame, source in {**SAME_SHOT, **MOTION}.items()}}
     index = 0
     while wanted:
         ok, bgr = video.read()
@@ -122,6 +128,7 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=SHARED)
     parser.add_argument("--strip", type=Path, default=None, help="write the README strip here (first style)")
     parser.add_argument("--work", type=Path, default=None, help="keep the files here (default: a temporary folder)")
+    parser.add_argument("--reuse", action="store_true", help="use models already trained in --work")
     args = parser.parse_args()
     if not (args.shared / "video/bigbuckbunny.mp4").is_file():
         raise SystemExit(f"{args.shared} holds no video/bigbuckbunny.mp4; pass --shared PATH")
@@ -134,7 +141,7 @@ def main() -> None:
           f"load {os.getloadavg()[0]:.1f}; plates {WIDTH} px wide; keyframe = Big Buck Bunny frame 0\n")
     print("| style | steps | train s | group | frame | copy keyframe | arbitrary | trained | trained - best baseline |")
     print("|---|---|---|---|---|---|---|---|---|")
-    summary = []
+    summary, stability = [], []
     for style in [int(s) for s in args.styles.split(",")]:
         folder = work / f"style{style}"
         (folder / "intended").mkdir(parents=True, exist_ok=True)
@@ -154,8 +161,10 @@ def main() -> None:
         for steps in [int(s) for s in args.steps.split(",")]:
             model = folder / f"model{steps}.safetensors"
             started = time.monotonic()
-            subprocess.run([VST, "train", "keyframes", str(plates / "plate.####.exr"), str(folder / "painted.####.exr"),
-                            "--frames", str(KEYFRAME), "-o", str(model), "--steps", str(steps)], check=True)
+            if not (args.reuse and model.is_file()):
+                subprocess.run([VST, "train", "keyframes", str(plates / "plate.####.exr"),
+                                str(folder / "painted.####.exr"), "--frames", str(KEYFRAME), "-o", str(model),
+                                "--steps", str(steps)], check=True)
             seconds = time.monotonic() - started
             out = folder / f"out{steps}"
             frames = ",".join(map(str, held_out))
@@ -172,15 +181,41 @@ def main() -> None:
                 print(f"| {style} | {steps} | {seconds:.0f} | {group} | {name} | {copy:.2f} | {arbitrary:.2f} | "
                       f"{trained:.2f} | {margin:+.2f} |", flush=True)
             summary.append((style, steps, seconds, margins))
+        steps = max(int(s) for s in args.steps.split(","))
+        stability.append((style, steps, measure_stability(plates, folder, style, steps, colours)))
         if args.strip and style == int(args.styles.split(",")[0]):
-            write_strip(args.strip, plates, folder, painted_rgb, held_out, max(int(s) for s in args.steps.split(",")))
+            write_strip(args.strip, plates, folder, painted_rgb, held_out, steps)
     print("\n| style | steps | train s | mean margin same shot | min | mean margin photographs | min |")
     print("|---|---|---|---|---|---|---|")
     for style, steps, seconds, margins in summary:
         shot, photos = margins["same shot"], margins["photographs"]
         print(f"| {style} | {steps} | {seconds:.0f} | {np.mean(shot):+.2f} | {min(shot):+.2f} | "
               f"{np.mean(photos):+.2f} | {min(photos):+.2f} |")
+    print("\nStability on Big Buck Bunny frames 61-72 (warping error, sRGB 0..1, lower is steadier):\n")
+    print("| style | steps | built-in style per frame | trained per frame | trained --temporal |")
+    print("|---|---|---|---|---|")
+    for style, steps, errors in stability:
+        values = " | ".join(f"{errors[name]:.5f}" for name in ("intended", "per frame", "temporal"))
+        print(f"| {style} | {steps} | {values} |")
     print(f"\nload after: {os.getloadavg()[0]:.1f}; files in {work}")
+
+
+def measure_stability(plates: Path, folder: Path, style: int, steps: int, colours: ColourSpaces) -> dict[str, float]:
+    """Warping error of the motion frames: intended (built-in style per frame), trained per frame and temporal."""
+    frames = list(MOTION)
+    pattern = str(plates / "plate.####.exr")
+    model = folder / f"model{steps}.safetensors"
+    renders = {"intended": folder / "motion-intended", "per frame": folder / "motion-trained",
+               "temporal": folder / "motion-temporal"}
+    renders["intended"].mkdir(exist_ok=True)
+    for frame in frames:
+        render_in_process(plates / f"plate.{frame:04d}.exr", "multistyle26", {"style": style},
+                          renders["intended"] / f"out.{frame:04d}.exr", colours)
+    for name, extra in (("per frame", []), ("temporal", ["--temporal"])):
+        subprocess.run([VST, "render", pattern, str(renders[name] / "out.####.exr"), "--frames",
+                        f"{frames[0]}-{frames[-1]}", "--model", str(model), "--embedded", *extra], check=True)
+    return {name: evaluate_temporal(str(where / "out.####.exr"), frames, flow_from=pattern).mean
+            for name, where in renders.items()}
 
 
 def write_strip(path: Path, plates: Path, folder: Path, painted: np.ndarray, held_out: list[int], steps: int) -> None:
