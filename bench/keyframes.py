@@ -161,11 +161,12 @@ def main() -> None:
         for steps in [int(s) for s in args.steps.split(",")]:
             model = folder / f"model{steps}.safetensors"
             started = time.monotonic()
+            seconds = "reused"
             if not (args.reuse and model.is_file()):
                 subprocess.run([VST, "train", "keyframes", str(plates / "plate.####.exr"),
                                 str(folder / "painted.####.exr"), "--frames", str(KEYFRAME), "-o", str(model),
                                 "--steps", str(steps)], check=True)
-            seconds = time.monotonic() - started
+                seconds = f"{time.monotonic() - started:.0f}"
             out = folder / f"out{steps}"
             frames = ",".join(map(str, held_out))
             subprocess.run([VST, "render", str(plates / "plate.####.exr"), str(out / "out.####.exr"),
@@ -178,7 +179,7 @@ def main() -> None:
                 margin = trained - max(copy, arbitrary)
                 margins[group].append(margin)
                 name = f"BBB {SAME_SHOT[frame]}" if frame in SAME_SHOT else PHOTOS[frame].split("/")[1]
-                print(f"| {style} | {steps} | {seconds:.0f} | {group} | {name} | {copy:.2f} | {arbitrary:.2f} | "
+                print(f"| {style} | {steps} | {seconds} | {group} | {name} | {copy:.2f} | {arbitrary:.2f} | "
                       f"{trained:.2f} | {margin:+.2f} |", flush=True)
             summary.append((style, steps, seconds, margins))
         steps = max(int(s) for s in args.steps.split(","))
@@ -189,7 +190,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for style, steps, seconds, margins in summary:
         shot, photos = margins["same shot"], margins["photographs"]
-        print(f"| {style} | {steps} | {seconds:.0f} | {np.mean(shot):+.2f} | {min(shot):+.2f} | "
+        print(f"| {style} | {steps} | {seconds} | {np.mean(shot):+.2f} | {min(shot):+.2f} | "
               f"{np.mean(photos):+.2f} | {min(photos):+.2f} |")
     print("\nStability on Big Buck Bunny frames 61-72 (warping error, sRGB 0..1, lower is steadier):\n")
     print("| style | steps | built-in style per frame | trained per frame | trained --temporal |")
