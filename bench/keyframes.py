@@ -196,7 +196,7 @@ def main() -> None:
     print("| style | steps | built-in style per frame | trained per frame | trained --temporal |")
     print("|---|---|---|---|---|")
     for style, steps, errors in stability:
-        values = " | ".join(f"{errors[name]:.5f}" for name in ("intended", "per frame", "temporal"))
+        values = " | ".join(f"{errors[name]:.2e}" for name in ("intended", "per frame", "temporal"))
         print(f"| {style} | {steps} | {values} |")
     print(f"\nload after: {os.getloadavg()[0]:.1f}; files in {work}")
 
