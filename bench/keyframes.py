@@ -44,10 +44,10 @@ from server.colour import ColourSpaces, srgb_decode, srgb_encode  # noqa: E402
 from server.evaluate import evaluate_temporal  # noqa: E402
 from server.models import load_model  # noqa: E402
 from server.pipeline import stylize_frame  # noqa: E402
-from tools.sheet import label, write_grid  # noqa: E402
 from vst_plugin.exr import read_exr, write_exr  # noqa: E402
 from vst_plugin.frame import Frame, Part  # noqa: E402
 from vst_plugin.schema import StylizeSettings  # noqa: E402
+from vst_plugin.sheet import label, write_grid  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 WIDTH = 320
@@ -222,17 +222,17 @@ def measure_stability(plates: Path, folder: Path, style: int, steps: int, colour
 def write_strip(path: Path, plates: Path, folder: Path, painted: np.ndarray, held_out: list[int], steps: int) -> None:
     """plate | painted keyframe | for two held-out frames: plate, trained, arbitrary, intended."""
     keyframe = encoded_rgb(plates / f"plate.{KEYFRAME:04d}.exr")
-    rows = []
+    tiles = []
     for frame in (held_out[1], held_out[4]):
         target = encoded_rgb(folder / "intended" / f"{frame}.exr")
-        tiles = [
+        row = [
             (keyframe, "keyframe plate"), (painted, "painted keyframe"),
             (encoded_rgb(plates / f"plate.{frame:04d}.exr"), "held-out plate"),
             (encoded_rgb(folder / f"out{steps}" / f"out.{frame:04d}.exr"), f"trained ({steps} steps)"),
             (encoded_rgb(folder / f"arbitrary.{frame}.exr"), "arbitrary"), (target, "intended"),
         ]
-        rows.append([label(boxed(image), text, 16) for image, text in tiles])
-    write_grid(rows, str(path))
+        tiles += [label(boxed(image), text, 16) for image, text in row]
+    write_grid(tiles, 6, str(path))
 
 
 if __name__ == "__main__":
