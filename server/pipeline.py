@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -61,6 +62,9 @@ def stylize_frame(
     the model's memory of this sequence; each layer (a stereo view, a part) keeps its own in it.
     `temporal` blends each layer's previous result, warped along the motion, into the new one
     (server/temporal.py); it needs `state`.
+
+    Every per-pixel stage runs on the model's device (`stylize_planes`): the raw planes go up once
+    and only the three new colour planes come back.
     """
     changed: dict[tuple[int, str], np.ndarray] = {}
     for layer in find_layers(frame, settings):
@@ -68,41 +72,94 @@ def stylize_frame(
         if model.family == "identity":
             changed.update({(layer.part, name): part.channels[name] for name in layer.rgb})
             continue
-        rgb = np.stack([part.channels[name] for name in layer.rgb], axis=-1).astype(np.float32)
-        alpha = None
-        if layer.alpha and settings.premultiplied:
-            alpha = part.channels[layer.alpha].astype(np.float32)[..., None]
-            alpha = np.where(alpha > 0, alpha, np.float32(1))
-            rgb /= alpha
-        if settings.colorspace != RAW_COLORSPACE:
-            rgb = colours.to_linear(rgb, settings.colorspace)
         key = layer_key(layer)
         layer_state = None if state is None else state.setdefault(key, {})
         post = None
         if temporal is not None and layer_state is not None:
             post = partial(blend, motion=temporal.motions.get(key), memory=layer_state, strength=temporal.strength)
-        result = _run_network(rgb, model, params, settings, layer_state, post)
-        if settings.colorspace != RAW_COLORSPACE:
-            result = colours.from_linear(result, settings.colorspace)
-        if alpha is not None:
-            result = result * alpha
-        for index, name in enumerate(layer.rgb):
-            changed[(layer.part, name)] = result[..., index].astype(part.channels[name].dtype)
+        rgb = [part.channels[name] for name in layer.rgb]
+        alpha = part.channels[layer.alpha] if layer.alpha and options.premultiplied else None
+        result = stylize_planes(rgb, alpha, model, params, options, colours, layer_state, post)
+        changed.update({(layer.part, name): plane for name, plane in zip(layer.rgb, result, strict=True)})
     return changed
 
 
-def _run_network(
-    rgb: np.ndarray,
+def stylize_planes(
+    rgb: list[np.ndarray],
+    alpha: np.ndarray | None,
     model: StyleModel,
     params: dict[str, Any],
-    settings: StylizeSettings,
-    state: dict[str, Any] | None,
-    post: Callable[[torch.Tensor], torch.Tensor] | None,
-) -> np.ndarray:
-    """Linear (H, W, 3) float32 -> network (then `post` on its 0..1 output) -> linear (H, W, 3) float32."""
-    linear = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].to(model.device)
-    prepared = to_network(linear, settings.highlights, encode=settings.colorspace != RAW_COLORSPACE)
-    output = model.stylize(prepared.encoded, tile=settings.tile, state=state, **params)
+    options: StylizeOptions,
+    colours: ColourSpaces,
+    state: dict[str, Any] | None = None,
+    post: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> list[np.ndarray]:
+    """Three colour planes (and a premultiplying alpha) -> three stylized planes in their own pixel types.
+
+    On the model's device: channel assembly, unpremultiply (only where alpha > 0), plate colour space
+    -> linear, highlight policy and sRGB encoding (server/colour.py), the network (then `post`), the
+    inverse path, premultiply with the original alpha and the cast back. Pixels with alpha <= 0 and
+    non-finite values come back bit-identical to the input.
+    """
+    device = model.device
+    planes = upload([*rgb, *([alpha] if alpha is not None else [])], device)
+    plate = torch.stack([plane.to(torch.float32) for plane in planes[:3]])[None]  # [1, 3, H, W]
+    work = plate
+    covered = None
+    if alpha is not None:
+        a = planes[3].to(torch.float32)[None, None]
+        covered = a > 0
+        work = torch.where(covered, work / torch.where(covered, a, 1.0), work)
+    encode = options.colorspace != RAW
+    if encode:
+        work = colours.to_linear(work, options.colorspace)
+    prepared = to_network(work, options.highlights, encode=encode)
+    output = model.stylize(prepared.encoded, tile=options.tile, state=state, **params)
     if post is not None:
         output = post(output)
-    return from_network(output, prepared)[0].permute(1, 2, 0).cpu().numpy()
+    result = from_network(output, prepared)
+    if encode:
+        result = colours.from_linear(result, options.colorspace)
+    if covered is not None:
+        result = torch.where(covered, result * a, plate)
+    result = torch.where(torch.isfinite(plate), result, plate)
+    return download([result[0, index].to(planes[index].dtype) for index in range(3)])
+
+
+def upload(planes: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+    """Host planes -> tensors on the device in their own dtypes (on CUDA: pinned memory, a copy stream)."""
+    with warnings.catch_warnings():  # planes may be read-only views of a message; they are only read
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        hosts = [torch.from_numpy(np.ascontiguousarray(plane)) for plane in planes]
+    if device.type != "cuda":
+        return [host.to(device) for host in hosts]
+    stream = _copy_stream(device)
+    with torch.cuda.stream(stream):
+        tensors = [host.pin_memory().to(device, non_blocking=True) for host in hosts]
+    torch.cuda.current_stream(device).wait_stream(stream)
+    for tensor in tensors:
+        tensor.record_stream(torch.cuda.current_stream(device))
+    return tensors
+
+
+def download(tensors: list[torch.Tensor]) -> list[np.ndarray]:
+    """Device tensors -> host arrays (on CUDA: into pinned memory on the copy stream, then waited for)."""
+    if not tensors or tensors[0].device.type != "cuda":
+        return [tensor.cpu().numpy() for tensor in tensors]
+    device = tensors[0].device
+    stream = _copy_stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        hosts = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True) for t in tensors]
+    stream.synchronize()
+    return [host.numpy() for host in hosts]
+
+
+_COPY_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _copy_stream(device: torch.device) -> torch.cuda.Stream:
+    """One side stream per CUDA device for host <-> device copies, so they overlap compute."""
+    if device not in _COPY_STREAMS:
+        _COPY_STREAMS[device] = torch.cuda.Stream(device)
+    return _COPY_STREAMS[device]
