@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,16 +94,20 @@ def stylize_planes(
     colours: ColourSpaces,
     state: dict[str, Any] | None = None,
     post: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    stages: dict[str, float] | None = None,
 ) -> list[np.ndarray]:
     """Three colour planes (and a premultiplying alpha) -> three stylized planes in their own pixel types.
 
     On the model's device: channel assembly, unpremultiply (only where alpha > 0), plate colour space
     -> linear, highlight policy and sRGB encoding (server/colour.py), the network (then `post`), the
     inverse path, premultiply with the original alpha and the cast back. Pixels with alpha <= 0 and
-    non-finite values come back bit-identical to the input.
+    non-finite values come back bit-identical to the input. `stages`, when given, receives each
+    stage's milliseconds (the device synchronised between stages, so only for measuring).
     """
     device = model.device
+    clock = _Stopwatch(device, stages)
     planes = upload([*rgb, *([alpha] if alpha is not None else [])], device)
+    clock.lap("upload")
     plate = torch.stack([plane.to(torch.float32) for plane in planes[:3]])[None]  # [1, 3, H, W]
     work = plate
     covered = None
@@ -110,20 +115,48 @@ def stylize_planes(
         a = planes[3].to(torch.float32)[None, None]
         covered = a > 0
         work = torch.where(covered, work / torch.where(covered, a, 1.0), work)
+    clock.lap("assemble+unpremultiply")
     encode = options.colorspace != RAW
     if encode:
         work = colours.to_linear(work, options.colorspace)
+    clock.lap("to linear (OCIO)")
     prepared = to_network(work, options.highlights, encode=encode)
+    clock.lap("highlights+sRGB")
     output = model.stylize(prepared.encoded, tile=options.tile, state=state, **params)
     if post is not None:
         output = post(output)
+    clock.lap("network")
     result = from_network(output, prepared)
+    clock.lap("inverse highlights+sRGB")
     if encode:
         result = colours.from_linear(result, options.colorspace)
+    clock.lap("from linear (OCIO)")
     if covered is not None:
         result = torch.where(covered, result * a, plate)
     result = torch.where(torch.isfinite(plate), result, plate)
-    return download([result[0, index].to(planes[index].dtype) for index in range(3)])
+    result = [result[0, index].to(planes[index].dtype) for index in range(3)]
+    clock.lap("premultiply+cast")
+    planes_out = download(result)
+    clock.lap("download")
+    return planes_out
+
+
+class _Stopwatch:
+    """Per-stage milliseconds into `stages` (nothing at all when it is None)."""
+
+    def __init__(self, device: torch.device, stages: dict[str, float] | None):
+        self._device = device
+        self._stages = stages
+        self._last = time.perf_counter() if stages is not None else 0.0
+
+    def lap(self, name: str) -> None:
+        if self._stages is None:
+            return
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+        now = time.perf_counter()
+        self._stages[name] = self._stages.get(name, 0.0) + (now - self._last) * 1000
+        self._last = now
 
 
 def upload(planes: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:

@@ -200,4 +200,5 @@ def load(state_dict: dict[str, torch.Tensor]) -> ModelDescriptor:
         supports_half=False,
         run=_run,
         plan=plan,
+        cpu_runtime="onnxruntime",
     )

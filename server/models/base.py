@@ -209,6 +209,9 @@ class ModelDescriptor:
     """The `StyleModel` subclass that serves this family (one with a wider API); None: StyleModel."""
     plan: Planner | None = None
     """(module, validated values) -> the network as tiling steps (server/tiling.py); None: never tiled."""
+    cpu_runtime: str = "torch"
+    """What runs the untiled network on a CPU: torch, or onnxruntime (server/onnx_cpu.py; needs `plan`),
+    chosen per family by measurement (bench/model.py)."""
 
     def build(self, name: str, device: torch.device, dtype: torch.dtype) -> StyleModel:
         """Wrap the network in its model class on a device."""
@@ -235,6 +238,12 @@ class StyleModel:
         self._module = descriptor.module.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self._run = descriptor.run
         self._plan = descriptor.plan
+        self._onnx = None
+        if descriptor.cpu_runtime == "onnxruntime" and device.type == "cpu" and dtype == torch.float32:
+            from server.export import PlanNetwork  # server.export imports this module
+            from server.onnx_cpu import OnnxPlans
+
+            self._onnx = OnnxPlans(lambda values: PlanNetwork(self._plan(self._module, values)))
 
     def __repr__(self) -> str:
         return f"StyleModel({self.name!r}, family={self.family!r}, device={self.device}, dtype={self.dtype})"
@@ -293,6 +302,8 @@ class StyleModel:
         self, x: torch.Tensor, values: dict[str, Any], state: dict[str, Any] | None, tile: int | None
     ) -> torch.Tensor:
         """Run the network untiled or in tiles, whichever fits (see `stylize`)."""
+        if self._onnx is not None and tile is None:
+            return self._onnx.run(x, values)
         if self._plan is None:
             return self._forward(x, values, state)
         if tile is None:
