@@ -174,6 +174,19 @@ def to_network(linear: torch.Tensor, policy: str, encode: bool = True) -> Networ
     to values outside 0..1.
     """
     check_policy(policy)
+    return NetworkInput(*shape_for_network(linear, policy, encode), linear, policy, encode)
+
+
+def from_network(output: torch.Tensor, prepared: NetworkInput) -> torch.Tensor:
+    """Map the network's 0..1 output back to linear values, inverting `to_network`."""
+    return shape_back(output, prepared.residual, prepared.ceiling, prepared.passthrough, prepared.original,
+                      prepared.policy, prepared.encode)
+
+
+def shape_for_network(
+    linear: torch.Tensor, policy: str, encode: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`to_network`'s tensors (encoded, residual, ceiling, passthrough): a pure function, fusable."""
     passthrough = ~torch.isfinite(linear)
     finite = torch.where(passthrough, torch.zeros_like(linear), linear)
     ceiling = finite.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1.0)
@@ -184,13 +197,20 @@ def to_network(linear: torch.Tensor, policy: str, encode: bool = True) -> Networ
         shaped = finite.clamp(0, 1)
         residual = finite - shaped if policy == "preserve" else torch.zeros_like(finite)
     encoded = srgb_encode(shaped) if encode else shaped
-    return NetworkInput(encoded, residual, ceiling, passthrough, linear, policy, encode)
+    return encoded, residual, ceiling, passthrough
 
 
-def from_network(output: torch.Tensor, prepared: NetworkInput) -> torch.Tensor:
-    """Map the network's 0..1 output back to linear values, inverting `to_network`."""
-    shaped = srgb_decode(output.clamp(0, 1)) if prepared.encode else output
-    if prepared.policy == "compress":
-        shaped = _expand(shaped, prepared.ceiling)
-    result = shaped + prepared.residual
-    return torch.where(prepared.passthrough, prepared.original, result)
+def shape_back(
+    output: torch.Tensor,
+    residual: torch.Tensor,
+    ceiling: torch.Tensor,
+    passthrough: torch.Tensor,
+    original: torch.Tensor,
+    policy: str,
+    encode: bool,
+) -> torch.Tensor:
+    """`from_network` as a pure function of tensors, fusable."""
+    shaped = srgb_decode(output.clamp(0, 1)) if encode else output
+    if policy == "compress":
+        shaped = _expand(shaped, ceiling)
+    return torch.where(passthrough, original, shaped + residual)

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from server.colour import ColourSpaces, from_network, to_network
+from server.colour import RAW, ColourSpaces, check_policy, shape_back, shape_for_network
+from server.fused import Fused
 from server.models import StyleModel
 from server.temporal import LayerMotion, blend, layer_key
 from vst_plugin.frame import ColourLayer, Frame, colour_layers
@@ -107,38 +108,65 @@ def stylize_planes(
     device = model.device
     clock = _Stopwatch(device, stages)
     planes = upload([*rgb, *([alpha] if alpha is not None else [])], device)
+    alpha_plane = planes[3] if alpha is not None else None
     clock.lap("upload")
-    plate = torch.stack([plane.to(torch.float32) for plane in planes[:3]])[None]  # [1, 3, H, W]
-    work = plate
-    covered = None
-    if alpha is not None:
-        a = planes[3].to(torch.float32)[None, None]
-        covered = a > 0
-        work = torch.where(covered, work / torch.where(covered, a, 1.0), work)
+    plate, work = ASSEMBLE(*planes[:3], alpha_plane)
     clock.lap("assemble+unpremultiply")
     encode = options.colorspace != RAW
     if encode:
         work = colours.to_linear(work, options.colorspace)
     clock.lap("to linear (OCIO)")
-    prepared = to_network(work, options.highlights, encode=encode)
+    check_policy(options.highlights)
+    encoded, residual, ceiling, passthrough = SHAPE(work, options.highlights, encode)
     clock.lap("highlights+sRGB")
-    output = model.stylize(prepared.encoded, tile=options.tile, state=state, **params)
+    output = model.stylize(encoded, tile=options.tile, state=state, **params)
     if post is not None:
         output = post(output)
     clock.lap("network")
-    result = from_network(output, prepared)
+    result = SHAPE_BACK(output, residual, ceiling, passthrough, work, options.highlights, encode)
     clock.lap("inverse highlights+sRGB")
     if encode:
         result = colours.from_linear(result, options.colorspace)
     clock.lap("from linear (OCIO)")
-    if covered is not None:
-        result = torch.where(covered, result * a, plate)
-    result = torch.where(torch.isfinite(plate), result, plate)
-    result = [result[0, index].to(planes[index].dtype) for index in range(3)]
+    result = FINISH(result, plate, alpha_plane, *(plane.dtype for plane in planes[:3]))
     clock.lap("premultiply+cast")
-    planes_out = download(result)
+    planes_out = download(list(result))
     clock.lap("download")
     return planes_out
+
+
+def _assemble(
+    r: torch.Tensor, g: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plate [1, 3, H, W] float32, and its colour unpremultiplied where alpha > 0."""
+    plate = torch.stack([r.to(torch.float32), g.to(torch.float32), b.to(torch.float32)])[None]
+    if alpha is None:
+        return plate, plate
+    a = alpha.to(torch.float32)[None, None]
+    covered = a > 0
+    return plate, torch.where(covered, plate / torch.where(covered, a, 1.0), plate)
+
+
+def _finish(
+    result: torch.Tensor,
+    plate: torch.Tensor,
+    alpha: torch.Tensor | None,
+    r: torch.dtype,
+    g: torch.dtype,
+    b: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Premultiply by the original alpha; alpha <= 0 and non-finite plate pixels as they were; cast back."""
+    if alpha is not None:
+        a = alpha.to(torch.float32)[None, None]
+        result = torch.where(a > 0, result * a, plate)
+    result = torch.where(torch.isfinite(plate), result, plate)
+    return result[0, 0].to(r), result[0, 1].to(g), result[0, 2].to(b)
+
+
+ASSEMBLE = Fused(_assemble)
+SHAPE = Fused(shape_for_network)
+SHAPE_BACK = Fused(shape_back)
+FINISH = Fused(_finish)
 
 
 class _Stopwatch:
