@@ -43,8 +43,9 @@ from server.colour import ColourSpaces, srgb_encode  # noqa: E402
 from server.export import PlanNetwork  # noqa: E402
 from server.models import identity, load_model  # noqa: E402
 from server.models.base import StyleModel  # noqa: E402
-from server.pipeline import ASSEMBLE, FINISH, SHAPE, SHAPE_BACK, StylizeOptions, stylize_planes  # noqa: E402
+from server.pipeline import ASSEMBLE, FINISH, SHAPE, SHAPE_BACK, stylize_planes  # noqa: E402
 from vst_plugin import Client, Frame, Part  # noqa: E402
+from vst_plugin.schema import StylizeSettings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 STYLE_IMAGE = str(ROOT / "samples/beachball/beachball.0002.exr")
@@ -100,7 +101,7 @@ def stages_section(repeats: int) -> None:
     for space, compiled in (("lin_rec709", False), ("ACEScg", False), ("lin_rec709", True), ("ACEScg", True)):
         if compiled and not fused.ENABLED:
             continue
-        options = StylizeOptions("stub", colorspace=space)
+        options = StylizeSettings("stub", colorspace=space)
         args = ([planes["R"], planes["G"], planes["B"]], planes["A"], model, {}, options, colours)
         eager = stylize_planes(*args)  # warm-up: builds the OCIO transforms
         if compiled:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from server.colour import RAW, ColourSpaces, check_policy, shape_back, shape_for_network
+from server.colour import ColourSpaces, check_policy, shape_back, shape_for_network
 from server.fused import Fused
 from server.models import StyleModel
 from server.temporal import LayerMotion, blend, layer_key
@@ -80,8 +80,8 @@ def stylize_frame(
         if temporal is not None and layer_state is not None:
             post = partial(blend, motion=temporal.motions.get(key), memory=layer_state, strength=temporal.strength)
         rgb = [part.channels[name] for name in layer.rgb]
-        alpha = part.channels[layer.alpha] if layer.alpha and options.premultiplied else None
-        result = stylize_planes(rgb, alpha, model, params, options, colours, layer_state, post)
+        alpha = part.channels[layer.alpha] if layer.alpha and settings.premultiplied else None
+        result = stylize_planes(rgb, alpha, model, params, settings, colours, layer_state, post)
         changed.update({(layer.part, name): plane for name, plane in zip(layer.rgb, result, strict=True)})
     return changed
 
@@ -91,7 +91,7 @@ def stylize_planes(
     alpha: np.ndarray | None,
     model: StyleModel,
     params: dict[str, Any],
-    options: StylizeOptions,
+    settings: StylizeSettings,
     colours: ColourSpaces,
     state: dict[str, Any] | None = None,
     post: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -112,21 +112,21 @@ def stylize_planes(
     clock.lap("upload")
     plate, work = ASSEMBLE(*planes[:3], alpha_plane)
     clock.lap("assemble+unpremultiply")
-    encode = options.colorspace != RAW
+    encode = settings.colorspace != RAW_COLORSPACE
     if encode:
-        work = colours.to_linear(work, options.colorspace)
+        work = colours.to_linear(work, settings.colorspace)
     clock.lap("to linear (OCIO)")
-    check_policy(options.highlights)
-    encoded, residual, ceiling, passthrough = SHAPE(work, options.highlights, encode)
+    check_policy(settings.highlights)
+    encoded, residual, ceiling, passthrough = SHAPE(work, settings.highlights, encode)
     clock.lap("highlights+sRGB")
-    output = model.stylize(encoded, tile=options.tile, state=state, **params)
+    output = model.stylize(encoded, tile=settings.tile, state=state, **params)
     if post is not None:
         output = post(output)
     clock.lap("network")
-    result = SHAPE_BACK(output, residual, ceiling, passthrough, work, options.highlights, encode)
+    result = SHAPE_BACK(output, residual, ceiling, passthrough, work, settings.highlights, encode)
     clock.lap("inverse highlights+sRGB")
     if encode:
-        result = colours.from_linear(result, options.colorspace)
+        result = colours.from_linear(result, settings.colorspace)
     clock.lap("from linear (OCIO)")
     result = FINISH(result, plate, alpha_plane, *(plane.dtype for plane in planes[:3]))
     clock.lap("premultiply+cast")

@@ -63,6 +63,8 @@ class ServerConfig:
     """Stop after this many seconds without requests and with nothing in flight (None: never)."""
     parent_pid: int | None = None
     """Stop when this process ends (the farm worker or job that started the server)."""
+    half: bool | None = None
+    """Run networks in half precision; None: on a GPU where the family allows it."""
 
 
 def check_loopback(address: str) -> None:

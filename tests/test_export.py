@@ -22,7 +22,7 @@ from test_models import reference_net, state_dict_for_checkpoint
 from server.colour import ColourSpaces
 from server.export import export
 from server.models import ModelError, ModelRegistry, StyleModel
-from server.pipeline import StylizeOptions, stylize_planes
+from server.pipeline import stylize_planes
 from vst_plugin.cli import main
 from vst_plugin.schema import StylizeSettings
 
@@ -57,7 +57,7 @@ def candy(tmp_path_factory) -> StyleModel:
 
 def live(model: StyleModel, rgb: np.ndarray, params: dict) -> np.ndarray:
     planes = [rgb[..., index] for index in range(3)]
-    out = stylize_planes(planes, None, model, model.validate(params), StylizeOptions(model.name), ColourSpaces())
+    out = stylize_planes(planes, None, model, model.validate(params), StylizeSettings(model.name), ColourSpaces())
     return np.stack(out, axis=-1)
 
 

@@ -8,7 +8,8 @@ import torch
 
 from server.colour import ColourSpaces
 from server.models import identity, load_model
-from server.pipeline import StylizeOptions, stylize_planes
+from server.pipeline import stylize_planes
+from vst_plugin.schema import StylizeSettings
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_a_network_returning_its_input_gives_the_plate_back(
     if space != "lin_rec709":  # a plate as it would be in that space
         linear = np.stack(rgb, axis=-1).astype(np.float32)
         rgb = [p.astype(dtype) for p in np.moveaxis(colours.from_linear(linear, space), -1, 0)]
-    out = stylize_planes(rgb, alpha, through_network(), {}, StylizeOptions("x", colorspace=space), colours)
+    out = stylize_planes(rgb, alpha, through_network(), {}, StylizeSettings("x", colorspace=space), colours)
     for before, after in zip(rgb, out, strict=True):
         assert after.dtype == before.dtype and after.shape == before.shape
         tolerance = 2e-3 if dtype == np.float16 else 2e-4
@@ -52,7 +53,7 @@ def test_alpha_zero_and_non_finite_pixels_come_back_bit_identical(colours: Colou
     rgb[0][5, 5], rgb[1][6, 6], rgb[2][7, 7] = np.nan, np.inf, -np.inf
     model = load_model("multistyle26", "cpu")
     params = model.validate({"style": 4})
-    out = stylize_planes(rgb, alpha, model, params, StylizeOptions("multistyle26", colorspace="ACEScg"), colours)
+    out = stylize_planes(rgb, alpha, model, params, StylizeSettings("multistyle26", colorspace="ACEScg"), colours)
     hole = alpha == 0
     assert hole.sum() > 500
     for before, after in zip(rgb, out, strict=True):
@@ -65,7 +66,7 @@ def test_alpha_zero_and_non_finite_pixels_come_back_bit_identical(colours: Colou
 def test_unpremultiplied_plates_are_stylized_everywhere(colours: ColourSpaces) -> None:
     rgb, alpha = plate(np.float32, seed=5)
     model = load_model("multistyle26", "cpu")
-    options = StylizeOptions("multistyle26", premultiplied=False)
+    options = StylizeSettings("multistyle26", premultiplied=False)
     out = stylize_planes(rgb, None, model, model.validate({}), options, colours)
     hole = alpha == 0
     assert not np.allclose(out[0][hole], rgb[0][hole], atol=1e-3)
@@ -74,6 +75,6 @@ def test_unpremultiplied_plates_are_stylized_everywhere(colours: ColourSpaces) -
 def test_mixed_pixel_types_come_back_in_their_own(colours: ColourSpaces) -> None:
     rgb, alpha = plate(np.float32, seed=6)
     rgb[1] = rgb[1].astype(np.float16)
-    out = stylize_planes(rgb, alpha, through_network(), {}, StylizeOptions("x"), colours)
+    out = stylize_planes(rgb, alpha, through_network(), {}, StylizeSettings("x"), colours)
     assert [p.dtype for p in out] == [np.float32, np.float16, np.float32]
     np.testing.assert_allclose(out[1].astype(np.float32), rgb[1].astype(np.float32), rtol=2e-3, atol=2e-3)

@@ -243,7 +243,7 @@ class StyleModel:
             from server.export import PlanNetwork  # server.export imports this module
             from server.onnx_cpu import OnnxPlans
 
-            self._onnx = OnnxPlans(lambda values: PlanNetwork(self._plan(self._module, values)))
+            self._onnx = OnnxPlans(lambda values: PlanNetwork(self.feedforward_plan(values)))
 
     def __repr__(self) -> str:
         return f"StyleModel({self.name!r}, family={self.family!r}, device={self.device}, dtype={self.dtype})"
