@@ -150,13 +150,10 @@ class NetworkInput:
 
     encoded: torch.Tensor
     """[N, 3, H, W] sRGB-encoded (or raw) values in 0..1: what the network sees."""
-    residual: torch.Tensor
-    """Linear values the network does not see, added back after it (preserve / negatives)."""
     ceiling: torch.Tensor
     """Brightest finite input value per image, the cap of `compress`'s expansion."""
-    passthrough: torch.Tensor
-    """Mask of non-finite input pixels, which come back as they were."""
     original: torch.Tensor
+    """The linear input: what the network does not see (above 1, below 0, non-finite) comes from it."""
     policy: str
     encode: bool
 
@@ -179,38 +176,32 @@ def to_network(linear: torch.Tensor, policy: str, encode: bool = True) -> Networ
 
 def from_network(output: torch.Tensor, prepared: NetworkInput) -> torch.Tensor:
     """Map the network's 0..1 output back to linear values, inverting `to_network`."""
-    return shape_back(output, prepared.residual, prepared.ceiling, prepared.passthrough, prepared.original,
-                      prepared.policy, prepared.encode)
+    return shape_back(output, prepared.original, prepared.ceiling, prepared.policy, prepared.encode)
 
 
-def shape_for_network(
-    linear: torch.Tensor, policy: str, encode: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`to_network`'s tensors (encoded, residual, ceiling, passthrough): a pure function, fusable."""
-    passthrough = ~torch.isfinite(linear)
-    finite = torch.where(passthrough, torch.zeros_like(linear), linear)
-    ceiling = finite.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1.0)
+def shape_for_network(linear: torch.Tensor, policy: str, encode: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`to_network`'s tensors (encoded, ceiling; the ceiling only for `compress`): pure, fusable."""
+    finite = torch.where(torch.isfinite(linear), linear, 0.0)
     if policy == "compress":
+        ceiling = finite.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1.0)
         shaped = _compress(finite.clamp_min(0))
-        residual = finite.clamp_max(0)
     else:
+        ceiling = finite.new_ones(linear.shape[0], 1, 1, 1)
         shaped = finite.clamp(0, 1)
-        residual = finite - shaped if policy == "preserve" else torch.zeros_like(finite)
-    encoded = srgb_encode(shaped) if encode else shaped
-    return encoded, residual, ceiling, passthrough
+    return (srgb_encode(shaped) if encode else shaped), ceiling
 
 
 def shape_back(
-    output: torch.Tensor,
-    residual: torch.Tensor,
-    ceiling: torch.Tensor,
-    passthrough: torch.Tensor,
-    original: torch.Tensor,
-    policy: str,
-    encode: bool,
+    output: torch.Tensor, original: torch.Tensor, ceiling: torch.Tensor, policy: str, encode: bool
 ) -> torch.Tensor:
-    """`from_network` as a pure function of tensors, fusable."""
+    """`from_network` as a pure function of tensors, fusable: what the network did not see comes from
+    `original` (the residual outside 0..1 for `preserve`, below 0 for `compress`; non-finite values)."""
     shaped = srgb_decode(output.clamp(0, 1)) if encode else output
+    finite = torch.where(torch.isfinite(original), original, 0.0)
     if policy == "compress":
-        shaped = _expand(shaped, ceiling)
-    return torch.where(passthrough, original, shaped + residual)
+        result = _expand(shaped, ceiling) + finite.clamp_max(0)
+    elif policy == "preserve":
+        result = shaped + (finite - finite.clamp(0, 1))
+    else:
+        result = shaped
+    return torch.where(torch.isfinite(original), result, original)

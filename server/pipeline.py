@@ -117,13 +117,13 @@ def stylize_planes(
         work = colours.to_linear(work, settings.colorspace)
     clock.lap("to linear (OCIO)")
     check_policy(settings.highlights)
-    encoded, residual, ceiling, passthrough = SHAPE(work, settings.highlights, encode)
+    encoded, ceiling = SHAPE(work, settings.highlights, encode)
     clock.lap("highlights+sRGB")
     output = model.stylize(encoded, tile=settings.tile, state=state, **params)
     if post is not None:
         output = post(output)
     clock.lap("network")
-    result = SHAPE_BACK(output, residual, ceiling, passthrough, work, settings.highlights, encode)
+    result = SHAPE_BACK(output, work, ceiling, settings.highlights, encode)
     clock.lap("inverse highlights+sRGB")
     if encode:
         result = colours.from_linear(result, settings.colorspace)
