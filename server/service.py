@@ -10,6 +10,7 @@ import socket
 import stat
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -129,6 +130,8 @@ class Server:
         self.colours = ColourSpaces()
         self.sessions = SessionStore(config.sequence_ttl, config.max_sequences)
         self.motion = MotionAnalysis()
+        self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vst-decode")
+        """Decodes EXR requests ahead of the worker, so decoding overlaps the frame in compute."""
         self._context = context or zmq.Context.instance()
         self._results_address = f"inproc://vst-results-{id(self)}"
         self._router: zmq.Socket | None = None
@@ -160,7 +163,7 @@ class Server:
             self.endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         self._results = self._context.socket(zmq.PULL)
         self._results.bind(self._results_address)
-        self._worker = Worker(self._context, self._results_address, self.registry, self.colours, self.config.limits)
+        self._worker = Worker(self._context, self._results_address, self.registry, self.colours)
         self._worker.start()
         log.info("vst server on %s (device %s, OCIO config %s)", self.endpoint, self.device, self.colours.config_name)
         return self.endpoint
@@ -196,6 +199,7 @@ class Server:
             self._worker.stop()
             self._worker.join()
             self.motion.close()
+            self._decoder.shutdown(wait=True)
             self._results.close(linger=0)
             self._router.close()
             log.info("vst server stopped")
@@ -276,6 +280,8 @@ class Server:
             if temporal is not None:
                 layers = list(request.settings.layers) if request.settings.layers else None
                 task.analysis = task.session.analysis = self.motion.analyse(previous, load, layers, temporal)
+        if request.exr and task.analysis is None:
+            task.decoded = self._decoder.submit(load)
         task.queued_at = time.perf_counter()
         self._in_flight += 1
         self._worker.tasks.put(task)
@@ -314,7 +320,7 @@ class Server:
             "uptime_s": round(time.monotonic() - self._started, 3),
             "requests": self.requests,
             "frames": self._worker.frames_done,
-            "errors": self.errors + self._worker.errors,
+            "errors": self.errors + self._worker.failures,
             "queued": self._in_flight,
             "sequences": len(self.sessions),
             "device": str(self.device),
