@@ -302,8 +302,6 @@ class StyleModel:
         self, x: torch.Tensor, values: dict[str, Any], state: dict[str, Any] | None, tile: int | None
     ) -> torch.Tensor:
         """Run the network untiled or in tiles, whichever fits (see `stylize`)."""
-        if self._onnx is not None and tile is None:
-            return self._onnx.run(x, values)
         if self._plan is None:
             return self._forward(x, values, state)
         if tile is None:
@@ -351,7 +349,12 @@ class StyleModel:
         return run_plan(self._plan(self._module, values), x, tile, self.device, self.dtype).to(self.device)
 
     def _forward(self, x: torch.Tensor, values: dict[str, Any], state: dict[str, Any] | None) -> torch.Tensor:
-        """Run the network on a padded batch (in inference mode); `state` is for temporal subclasses."""
+        """Run the network on a padded batch (in inference mode); `state` is for temporal subclasses.
+
+        On a CPU a family that chose onnxruntime runs there (server/onnx_cpu.py); tiles stay in torch.
+        """
+        if self._onnx is not None:
+            return self._onnx.run(x, values)
         return self._run(self._module, x, values)
 
     def feedforward_plan(self, params: dict[str, Any]) -> Plan:
