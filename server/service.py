@@ -126,7 +126,7 @@ class Server:
         check_loopback(config.address)
         self.config = config
         self.device = resolve_device(config.device)
-        self.registry = ModelRegistry(config.model_dirs, self.device, config.model_memory)
+        self.registry = ModelRegistry(config.model_dirs, self.device, config.model_memory, half=config.half)
         self.colours = ColourSpaces()
         self.sessions = SessionStore(config.sequence_ttl, config.max_sequences)
         self.motion = MotionAnalysis()
