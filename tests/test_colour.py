@@ -219,7 +219,7 @@ def test_every_studio_config_colour_space_matches_ocio(tmp_path: Path, monkeypat
     assert found[("studio_log2", "studio_linear")][0] == "exact"
     assert found[("camera_log", "studio_linear")][0] == "exact"
     assert found[("graded_video", "studio_linear")][0] == "lut"  # a 3D LUT file and a CDL: baked
-    assert colours.check("scene_linear") == "studio_linear"  # roles resolve through the config
+    assert colours.resolve("scene_linear") == "studio_linear"  # roles resolve through the config
 
 
 def test_conversions_run_on_the_tensor_device_and_keep_its_shape() -> None:
