@@ -1,8 +1,10 @@
-"""The built-in 26-style network in torch (vst) against onnxruntime on the original ONNX file.
+"""The built-in 26-style network as vst serves it against onnxruntime on the original ONNX file.
 
-Same frames, same run, interleaved: median seconds per frame at 512x512 and 1920x1080 and the ratio
-torch/onnxruntime (below 1: vst is faster). With a CUDA GPU, also frames per second at 1080p and 4K
-in half precision.
+Same frames, same run, interleaved: median seconds per frame at 512x512 and 1920x1080 of the served
+network (on the CPU: onnxruntime on vst's exported plan, server/onnx_cpu.py), of torch, and of the
+original file in onnxruntime, with ratios to the latter (below 1: vst is faster) and each one's error
+against a float64 run. With a CUDA GPU, also frames per second at 1080p and 4K in half precision.
+bench/pipeline.py measures the whole served path (pixels in, pixels out, through the server).
 
     .venv/bin/python bench/model.py [--repeats 5] [--threads N]
 """
@@ -49,6 +51,15 @@ def float64_reference(model, frame: torch.Tensor) -> np.ndarray:
         return module(frame.double(), style).float().numpy()
 
 
+def in_torch(model, run):
+    """Run with the model's network in torch even where the CPU path serves it through onnxruntime."""
+    onnx, model._onnx = model._onnx, None
+    try:
+        return run()
+    finally:
+        model._onnx = onnx
+
+
 def time_it(run, repeats: int) -> float:
     run()  # warm-up
     times = []
@@ -77,14 +88,17 @@ def main() -> None:
         frame = real_frame(width, height)
         array = frame.numpy()
         theirs = session.run(None, {"image": array, "style_weights": weights})[0]
-        ours = model.stylize(frame, style=19).numpy()
+        served = model.stylize(frame, style=19).numpy()
+        torch_only = in_torch(model, lambda frame=frame: model.stylize(frame, style=19)).numpy()
         reference = float64_reference(model, frame)
-        diff = float(np.abs(ours - theirs).max())
-        print(f"{width}x{height}: max abs diff vst-onnxruntime {diff:.1e}; against a float64 run of the same "
-              f"network: vst {np.abs(ours - reference).max():.1e}, onnxruntime {np.abs(theirs - reference).max():.1e}")
-        t_torch = time_it(lambda frame=frame: model.stylize(frame, style=19), args.repeats)
+        print(f"{width}x{height}: against a float64 run of the same network: vst served "
+              f"{np.abs(served - reference).max():.1e}, vst torch {np.abs(torch_only - reference).max():.1e}, "
+              f"onnxruntime original {np.abs(theirs - reference).max():.1e}")
+        t_served = time_it(lambda frame=frame: model.stylize(frame, style=19), args.repeats)
+        t_torch = time_it(lambda frame=frame: in_torch(model, lambda: model.stylize(frame, style=19)), args.repeats)
         t_ort = time_it(lambda array=array: session.run(None, {"image": array, "style_weights": weights}), args.repeats)
-        print(f"{width}x{height}: vst torch fp32 {t_torch * 1000:.0f} ms, onnxruntime {t_ort * 1000:.0f} ms, "
+        print(f"{width}x{height}: vst served {t_served * 1000:.0f} ms, vst torch fp32 {t_torch * 1000:.0f} ms, "
+              f"onnxruntime original {t_ort * 1000:.0f} ms; served/onnxruntime ratio {t_served / t_ort:.3f}, "
               f"torch/onnxruntime ratio: {t_torch / t_ort:.3f}")
     if torch.cuda.is_available():
         gpu = load_model("multistyle26", "cuda")

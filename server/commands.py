@@ -43,6 +43,8 @@ def register(commands: Any) -> None:
     serve.add_argument("--parent-pid", type=int, default=None, metavar="PID",
                        help="stop when process PID ends (the farm worker or job that started the server)")
     add_model_folder_options(serve)
+    serve.add_argument("--precision", choices=("auto", "half", "float"), default="auto",
+                       help="network precision: auto = half on a GPU where the model allows it, float otherwise")
     serve.set_defaults(run=run_serve)
 
     evaluate = commands.add_parser("eval", help="measure rendered sequences")
@@ -122,6 +124,7 @@ def run_serve(args: argparse.Namespace) -> int:
         bind, args.device, tuple(args.models_dir), args.model_memory, args.default_model,
         sequence_ttl=args.sequence_ttl, max_sequences=args.max_sequences, idle_exit=args.idle_exit,
         parent_pid=args.parent_pid,
+        half={"auto": None, "half": True, "float": False}[args.precision],
     )
     try:
         server = Server(config)

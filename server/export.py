@@ -61,7 +61,13 @@ class ConvStep(nn.Module):
 
 
 class NormStep(nn.Module):
-    """Instance norm with the style's scale and shift baked in."""
+    """Instance norm with the style's scale and shift baked in, its statistics reduced row by row.
+
+    Written out (means over W, then over H) rather than as ONNX InstanceNormalization: onnxruntime
+    sums a whole 1080p plane in one float32 accumulator there, which put its output 8.9e-2 away from a
+    float64 run on flat black areas; in two stages of at most a few thousand values it is 9e-4
+    (torch: 1.1e-3). bench/results/pipeline-cpu-2026-11-28.md has the figures.
+    """
 
     def __init__(self, step: Norm):
         super().__init__()
@@ -70,7 +76,11 @@ class NormStep(nn.Module):
         self.eps = float(step.eps)
 
     def forward(self, x: torch.Tensor, saved: list[torch.Tensor]) -> torch.Tensor:
-        return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+        mean = x.mean(dim=3, keepdim=True).mean(dim=2, keepdim=True)
+        centred = x - mean
+        variance = (centred * centred).mean(dim=3, keepdim=True).mean(dim=2, keepdim=True)
+        scale = self.weight.view(1, -1, 1, 1) * torch.rsqrt(variance + self.eps)
+        return centred * scale + self.bias.view(1, -1, 1, 1)
 
 
 class ActStep(nn.Module):

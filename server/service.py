@@ -10,6 +10,7 @@ import socket
 import stat
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -63,6 +64,8 @@ class ServerConfig:
     """Stop after this many seconds without requests and with nothing in flight (None: never)."""
     parent_pid: int | None = None
     """Stop when this process ends (the farm worker or job that started the server)."""
+    half: bool | None = None
+    """Run networks in half precision; None: on a GPU where the family allows it."""
 
 
 def check_loopback(address: str) -> None:
@@ -123,10 +126,12 @@ class Server:
         check_loopback(config.address)
         self.config = config
         self.device = resolve_device(config.device)
-        self.registry = ModelRegistry(config.model_dirs, self.device, config.model_memory)
+        self.registry = ModelRegistry(config.model_dirs, self.device, config.model_memory, half=config.half)
         self.colours = ColourSpaces()
         self.sessions = SessionStore(config.sequence_ttl, config.max_sequences)
         self.motion = MotionAnalysis()
+        self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vst-decode")
+        """Decodes EXR requests ahead of the worker, so decoding overlaps the frame in compute."""
         self._context = context or zmq.Context.instance()
         self._results_address = f"inproc://vst-results-{id(self)}"
         self._router: zmq.Socket | None = None
@@ -158,7 +163,7 @@ class Server:
             self.endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         self._results = self._context.socket(zmq.PULL)
         self._results.bind(self._results_address)
-        self._worker = Worker(self._context, self._results_address, self.registry, self.colours, self.config.limits)
+        self._worker = Worker(self._context, self._results_address, self.registry, self.colours)
         self._worker.start()
         log.info("vst server on %s (device %s, OCIO config %s)", self.endpoint, self.device, self.colours.config_name)
         return self.endpoint
@@ -194,6 +199,7 @@ class Server:
             self._worker.stop()
             self._worker.join()
             self.motion.close()
+            self._decoder.shutdown(wait=True)
             self._results.close(linger=0)
             self._router.close()
             log.info("vst server stopped")
@@ -274,6 +280,8 @@ class Server:
             if temporal is not None:
                 layers = list(request.settings.layers) if request.settings.layers else None
                 task.analysis = task.session.analysis = self.motion.analyse(previous, load, layers, temporal)
+        if request.exr and task.analysis is None:
+            task.decoded = self._decoder.submit(load)
         task.queued_at = time.perf_counter()
         self._in_flight += 1
         self._worker.tasks.put(task)
@@ -312,7 +320,7 @@ class Server:
             "uptime_s": round(time.monotonic() - self._started, 3),
             "requests": self.requests,
             "frames": self._worker.frames_done,
-            "errors": self.errors + self._worker.errors,
+            "errors": self.errors + self._worker.failures,
             "queued": self._in_flight,
             "sequences": len(self.sessions),
             "device": str(self.device),

@@ -6,6 +6,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +20,8 @@ from server.pipeline import TemporalBlend, stylize_frame
 from server.sessions import Session
 from server.temporal import Analysis
 from vst_plugin import protocol
-from vst_plugin.exr import decode_exr, encode_exr
-from vst_plugin.frame import Frame, FrameLimits, Part
+from vst_plugin.exr import encode_exr
+from vst_plugin.frame import Frame, Part
 from vst_plugin.schema import StylizeRequest
 
 log = logging.getLogger("vst.server")
@@ -39,11 +40,41 @@ class Task:
     """The sequence's session this frame was admitted to; None for a frame outside any sequence."""
     analysis: Future[Analysis] | None = None
     """The frame and its motion, analysed ahead of the worker (temporal mode only)."""
+    decoded: Future[Frame] | None = None
+    """The EXR bytes decoded ahead of the worker, on the request loop's pool (EXR requests)."""
     queued_at: float = 0.0
 
 
+class Replier(threading.Thread):
+    """Builds and sends replies off the compute thread, in order: EXR encoding, packing, the socket."""
+
+    def __init__(self, context: zmq.Context, results_address: str):
+        super().__init__(name="vst-replier", daemon=True)
+        self.outbox: queue.Queue[tuple[Task, dict[str, Any], Callable[[], list[Any]]] | None] = queue.Queue()
+        self._context = context
+        self._results_address = results_address
+        self.errors = 0
+
+    def run(self) -> None:
+        results = self._context.socket(zmq.PUSH)
+        results.setsockopt(zmq.LINGER, -1)
+        results.connect(self._results_address)
+        try:
+            while (item := self.outbox.get()) is not None:
+                task, header, payload = item
+                try:
+                    parts = payload()
+                except Exception as exc:  # an encoding failure is a reply too
+                    header, parts = error_reply(task.header, exc), []
+                    self.errors += 1
+                    log.warning("request %s: reply failed: %s", header["id"], header["error"]["message"])
+                results.send_multipart([task.identity, protocol.pack(header), *parts], copy=False)
+        finally:
+            results.close()
+
+
 class Worker(threading.Thread):
-    """Runs stylize tasks one at a time and sends replies over an inproc socket."""
+    """Runs stylize tasks one at a time; its Replier sends the replies over an inproc socket."""
 
     def __init__(
         self,
@@ -51,15 +82,12 @@ class Worker(threading.Thread):
         results_address: str,
         registry: ModelRegistry,
         colours: ColourSpaces,
-        limits: FrameLimits,
     ):
         super().__init__(name="vst-worker", daemon=True)
         self.tasks: queue.Queue[Task | None] = queue.Queue()
-        self._context = context
-        self._results_address = results_address
+        self._replier = Replier(context, results_address)
         self._registry = registry
         self._colours = colours
-        self._limits = limits
         self.frames_done = 0
         self.errors = 0
 
@@ -67,25 +95,30 @@ class Worker(threading.Thread):
         """Finish the tasks already queued, then end the thread."""
         self.tasks.put(None)
 
+    @property
+    def failures(self) -> int:
+        """Frames refused, and replies that could not be built."""
+        return self.errors + self._replier.errors
+
     def run(self) -> None:
-        results = self._context.socket(zmq.PUSH)
-        results.setsockopt(zmq.LINGER, -1)
-        results.connect(self._results_address)
+        self._replier.start()
         try:
             while (task := self.tasks.get()) is not None:
                 try:
                     header, payload = self._stylize(task)
                 except Exception as exc:  # every failure reaches the host as a reply, never kills the server
-                    header, payload = error_reply(task.header, exc), []
+                    header, payload = error_reply(task.header, exc), lambda: []
                     self.errors += 1
                     log.warning("request %s refused: %s", header["id"], header["error"]["message"])
                     if task.session is not None:
                         task.session.fail()
-                results.send_multipart([task.identity, protocol.pack(header), *payload], copy=False)
+                self._replier.outbox.put((task, header, payload))
         finally:
-            results.close()
+            self._replier.outbox.put(None)
+            self._replier.join()
 
-    def _stylize(self, task: Task) -> tuple[dict[str, Any], list[Any]]:
+    def _stylize(self, task: Task) -> tuple[dict[str, Any], Callable[[], list[Any]]]:
+        """Stylize a task's frame; returns the reply header and what builds its payload (on the Replier)."""
         started = time.perf_counter()
         settings = task.request.settings
         self._colours.check(settings.colorspace)
@@ -95,8 +128,10 @@ class Worker(threading.Thread):
         if task.analysis is not None:
             frame, motions = task.analysis.result()
             temporal = TemporalBlend(settings.temporal.strength, motions)
+        elif task.decoded is not None:
+            frame = task.decoded.result()
         else:
-            frame = task.frame if task.exr is None else decode_exr(bytes(task.exr), self._limits)
+            frame = task.frame
         memory = None if task.session is None else task.session.model_memory(model.name)
         changed = stylize_frame(frame, model, params, settings, self._colours, memory, temporal)
         self.frames_done += 1
@@ -105,10 +140,10 @@ class Worker(threading.Thread):
             "compute_ms": round((time.perf_counter() - started) * 1000, 2),
         }
         if task.exr is not None:
-            return protocol.reply(task.header, exr=True, timing=timing), [encode_exr(_merged(frame, changed))]
+            return protocol.reply(task.header, exr=True, timing=timing), lambda: [encode_exr(_merged(frame, changed))]
         return (
             protocol.reply(task.header, frame=protocol.changed_header(changed), timing=timing),
-            protocol.changed_planes(changed),
+            lambda: protocol.changed_planes(changed),
         )
 
 

@@ -16,6 +16,10 @@ import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
+# Pipeline stages stay eager in tests (and in the servers they start): background torch.compile runs
+# take tens of seconds of CPU; bench/pipeline.py checks the compiled stages against the eager ones.
+os.environ.setdefault("VST_COMPILE", "0")
+
 
 @pytest.fixture(scope="session")
 def shared() -> Path:

@@ -1,6 +1,6 @@
 """`vst export`: TorchScript and ONNX files, loaded back and compared with the live server path on real plates.
 
-The live path is the server's own: `server.pipeline._run_network` (highlights `preserve`, sRGB
+The live path is the server's own: `server.pipeline.stylize_planes` in lin_rec709 (highlights `preserve`, sRGB
 encoding, the model's padding and strength mix, decoding, the residual, non-finite pass-through).
 Measured here (difference relative to max(1, |value|), scene-linear, plates with highlights above 1,
 two frame sizes that need padding and one that does not): TorchScript within 1.7e-6 of it, onnxruntime
@@ -19,9 +19,10 @@ import pytest
 import torch
 from test_models import reference_net, state_dict_for_checkpoint
 
+from server.colour import ColourSpaces
 from server.export import export
 from server.models import ModelError, ModelRegistry, StyleModel
-from server.pipeline import _run_network
+from server.pipeline import stylize_planes
 from vst_plugin.cli import main
 from vst_plugin.schema import StylizeSettings
 
@@ -55,7 +56,9 @@ def candy(tmp_path_factory) -> StyleModel:
 
 
 def live(model: StyleModel, rgb: np.ndarray, params: dict) -> np.ndarray:
-    return _run_network(rgb, model, model.validate(params), StylizeSettings(model.name), None, None)
+    planes = [rgb[..., index] for index in range(3)]
+    out = stylize_planes(planes, None, model, model.validate(params), StylizeSettings(model.name), ColourSpaces())
+    return np.stack(out, axis=-1)
 
 
 def as_input(rgb: np.ndarray) -> np.ndarray:

@@ -200,4 +200,6 @@ def load(state_dict: dict[str, torch.Tensor]) -> ModelDescriptor:
         supports_half=False,
         run=_run,
         plan=plan,
+        # torch on the CPU: as fast as onnxruntime here (8.6 vs 9.7 s at 1080p, bench/pipeline.py), and a new
+        # style image, which hosts change interactively, would cost an ONNX export each time
     )

@@ -211,6 +211,9 @@ class ModelDescriptor:
     """(module, validated values) -> the network as tiling steps (server/tiling.py); None: never tiled."""
     info: dict[str, str] = field(default_factory=dict)
     """What the checkpoint says about itself (e.g. the settings it was trained with); shown by `vst models`."""
+    cpu_runtime: str = "torch"
+    """What runs the untiled network on a CPU: torch, or onnxruntime (server/onnx_cpu.py; needs `plan`),
+    chosen per family by measurement (bench/model.py)."""
 
     def build(self, name: str, device: torch.device, dtype: torch.dtype) -> StyleModel:
         """Wrap the network in its model class on a device."""
@@ -238,6 +241,12 @@ class StyleModel:
         self._run = descriptor.run
         self._plan = descriptor.plan
         self.info = dict(descriptor.info)
+        self._onnx = None
+        if descriptor.cpu_runtime == "onnxruntime" and device.type == "cpu" and dtype == torch.float32:
+            from server.export import PlanNetwork  # server.export imports this module
+            from server.onnx_cpu import OnnxPlans
+
+            self._onnx = OnnxPlans(lambda values: PlanNetwork(self.feedforward_plan(values)))
 
     def __repr__(self) -> str:
         return f"StyleModel({self.name!r}, family={self.family!r}, device={self.device}, dtype={self.dtype})"
@@ -343,7 +352,12 @@ class StyleModel:
         return run_plan(self._plan(self._module, values), x, tile, self.device, self.dtype).to(self.device)
 
     def _forward(self, x: torch.Tensor, values: dict[str, Any], state: dict[str, Any] | None) -> torch.Tensor:
-        """Run the network on a padded batch (in inference mode); `state` is for temporal subclasses."""
+        """Run the network on a padded batch (in inference mode); `state` is for temporal subclasses.
+
+        On a CPU a family that chose onnxruntime runs there (server/onnx_cpu.py); tiles stay in torch.
+        """
+        if self._onnx is not None:
+            return self._onnx.run(x, values)
         return self._run(self._module, x, values)
 
     def feedforward_plan(self, params: dict[str, Any]) -> Plan:

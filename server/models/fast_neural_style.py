@@ -147,4 +147,5 @@ def load(state_dict: dict[str, torch.Tensor]) -> ModelDescriptor:
         run=_run,
         plan=plan,
         info=dict(getattr(state_dict, "options", {})),
+        cpu_runtime="onnxruntime",
     )

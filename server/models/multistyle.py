@@ -125,4 +125,5 @@ def load(state_dict: dict[str, torch.Tensor]) -> ModelDescriptor:
         supports_half=True,
         run=_run,
         plan=plan,
+        cpu_runtime="onnxruntime",
     )
