@@ -1,19 +1,38 @@
-"""Temporal stability: per-frame vs `temporal` rendering through a real vst server.
+"""Temporal stability, scored so that it cannot flatter the method: per-frame vs temporal rendering.
 
-Sequences with known motion are built from real images (OpenEXR ScanLines photographs and a Big Buck
-Bunny frame): a pan, a zoom, a rotation, and a moving object over a static background. Each is
-rendered per frame and in temporal mode (same model, style, server), then measured:
+Everything is rendered through a real `vst serve` process, temporal mode with the defaults of
+`vst render --temporal` (strength 0.8, the default flow preset, no motion vectors on the plates),
+per-frame rendering with the same model and style. Styles: the default (multistyle26 style 0, no
+`params` sent) and two others.
 
-- warping error (Lai et al.; ground-truth flow, non-occluded pixels, RGB 0..1): ratio temporal /
-  per-frame (goal <= 0.4);
-- style kept: relative distance of Gram matrices of the temporal output to the per-frame output,
-  on the features of the network's own first layer (goal within 10%);
-- chunk boundaries: the sequence rendered as two chunks, without and with pre-roll, warping error of
-  the pair across the boundary versus the mean inside the chunk;
-- throughput of temporal vs per-frame mode at 1080p;
-- warping error on ../shared/video/bigbuckbunny.mp4 with estimated (DIS) flow.
+Sequences (scene-linear RGB, the way a plate arrives):
 
-    .venv/bin/python bench/temporal.py [--size 480x270] [--frames 12] [--strength 0.8]
+- known motion, generated here with exact flow and visibility: camera moves over photographs
+  (OpenEXR ScanLines), objects moving 2-20 px/frame over textured and over flat (smooth gradient)
+  backgrounds, a thin object that covers and reveals the background within a frame or two;
+- real footage: ../shared/video/bigbuckbunny.mp4, decoded with OpenCV, converted to scene-linear,
+  scored with flow the method does not use: OpenCV Farneback (pyramid 0.5, 5 levels, window 13,
+  10 iterations, poly_n 7) on the display images, both directions, with its own forward-backward
+  and motion-boundary test (Ruder et al.'s thresholds) deciding which pixels count.
+
+Per case and style:
+
+- warping error (Lai et al. 2018; display RGB 0..1, pixels visible in both frames by the scoring
+  flow's visibility, 2 px bands around object edges left out): ratio temporal / per-frame;
+- drift: per-channel mean and standard deviation of the temporal output against the per-frame
+  output (relative; worst channel, over the sequence and on its last frame);
+- ghosting (known motion with objects): in pixels revealed behind a moving object, mean
+  |temporal - per-frame| divided by the per-frame flicker there (mean |P_t - warp(P_t+1)| on the
+  same pixels); about 1 or less means the temporal result stays within the per-frame flicker,
+  a ghost of the object shows as several times that.
+
+Further: flow quality per preset (end-point error against the exact flow: everywhere, within 20 px
+of a moving object's edge, and on flat backgrounds) and analysis speed per preset at 1080p;
+chunk boundaries with and without pre-roll; 1080p throughput temporal / per-frame (same run);
+and the exact command lines of the held-out check (`vst render ... --embedded [--temporal]` on an
+EXR sequence without motion vectors) on one hard case.
+
+    .venv/bin/python bench/temporal.py [--size 320x192] [--frames 10] [--sections all]
 """
 
 from __future__ import annotations
@@ -22,101 +41,229 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from server.evaluate import display_rgb, warping_errors  # noqa: E402
-from server.flow import dis_flow, gray8  # noqa: E402
-from server.models import load_model  # noqa: E402
+from bench.common import cpu_name  # noqa: E402
+from server import flow  # noqa: E402
+from server.evaluate import display_rgb  # noqa: E402
 from vst_plugin import Client, Frame, Part  # noqa: E402
-from vst_plugin.exr import read_exr  # noqa: E402
+from vst_plugin.exr import read_exr, write_exr  # noqa: E402
 
-SHARED = ROOT.parent / "shared"
-STYLE = {"style": 19}
+STYLES = {"default (style 0)": None, "style 19": {"style": 19}, "style 7": {"style": 7}}
+TEMPORAL = {"strength": 0.8}  # what `vst render --temporal` sends
+EDGE = 2  # pixels around object edges left out of the scores (mixed pixels have no single motion)
+
+
+# ---- sequences -------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    """Frames (linear RGB) with, per pair t -> t+1, the scoring flow and the pixels that count."""
+
+    name: str
+    frames: list[np.ndarray]
+    forward: dict[int, np.ndarray]
+    valid: dict[int, np.ndarray]
+    revealed: dict[int, np.ndarray] = field(default_factory=dict)
+    """Pixels of frame t that frame t-1 did not show (behind a moving object), visible at t+1."""
+    near_edge: dict[int, np.ndarray] = field(default_factory=dict)
+    """Pixels of frame t within 20 px of a moving object's edge (flow quality near edges)."""
+    flat: np.ndarray | None = None
+    """Flat-background pixels (where flow has nothing to hold on to)."""
 
 
 def linear_from_srgb(image: np.ndarray) -> np.ndarray:
     return np.where(image <= 0.04045, image / 12.92, ((image + 0.055) / 1.055) ** 2.4).astype(np.float32)
 
 
-def source_images() -> dict[str, np.ndarray]:
-    """Linear RGB float32 images: two photographs and a video frame."""
+def photographs(shared: Path) -> dict[str, np.ndarray]:
+    """Two real scene-linear photographs, exposed as a plate would be: their 75th luminance
+    percentile at 0.3, highlights rolled off by x / (1 + x/3) (so values stay up to about 3).
+    As stored, Desk has a third of its pixels above 1 and StillLife a median of 0.0005: the network
+    would see clipped white or black, which hides flicker instead of measuring it."""
     images = {}
     for name in ("Desk", "StillLife"):
-        part = read_exr(SHARED / f"exr/ScanLines/{name}.exr").parts[0]
-        images[name] = np.stack([part.channels[c] for c in "RGB"], axis=-1).astype(np.float32)
-    capture = cv2.VideoCapture(str(SHARED / "video/bigbuckbunny.mp4"))
-    capture.set(cv2.CAP_PROP_POS_FRAMES, 60)
-    _, bgr = capture.read()
-    images["bunny"] = linear_from_srgb(bgr[..., ::-1].astype(np.float32) / 255)
+        part = read_exr(shared / f"exr/ScanLines/{name}.exr").parts[0]
+        rgb = np.stack([part.channels[c] for c in "RGB"], axis=-1).astype(np.float32)
+        rgb *= 0.3 / np.percentile(rgb @ np.array([0.2126, 0.7152, 0.0722], np.float32), 75)
+        images[name] = rgb / (1 + rgb / 3)
     return images
 
 
-def affine_sequence(image: np.ndarray, size: tuple[int, int], count: int, motion: str):
-    """Frames of `image` under a known affine motion; returns frames and forward/backward flows."""
-    width, height = size
-    h, w = image.shape[:2]
-    centre = np.array([w / 2, h / 2])
-    base_scale = min(w / width, h / height) * 0.6
+def flat_background(width: int, height: int) -> np.ndarray:
+    """A smooth, low-texture backdrop: a gradient with faint large-scale variation (a wall, a sky)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = 0.16 + 0.10 * x / width + 0.05 * y / height + 0.01 * np.sin(x / 37.0) * np.cos(y / 29.0)
+    return np.stack([base * 0.9, base, base * 1.15], axis=-1).astype(np.float32)
 
-    def matrix(t: int) -> np.ndarray:  # frame pixel -> source pixel
-        scale, angle, shift = base_scale, 0.0, np.zeros(2)
+
+def camera(motion: str, source: np.ndarray, size: tuple[int, int]):
+    """A function t -> 3x3 matrix taking frame pixels to source pixels, for a camera move."""
+    width, height = size
+    h, w = source.shape[:2]
+    centre = np.array([w / 2, h / 2])
+    base = min(w / width, h / height) * 0.6
+
+    def matrix(t: int) -> np.ndarray:
+        scale, angle, shift = base, 0.0, np.zeros(2)
         if motion == "pan":
-            shift = np.array([1.7 * t, 0.6 * t])
-        elif motion == "zoom":
-            scale = base_scale * (1 - 0.012 * t)
-        elif motion == "rotation":
-            angle = np.deg2rad(0.6 * t)
+            shift = np.array([2.3 * t, 0.7 * t]) * base
+        elif motion == "zoom-rotate":
+            scale, angle = base * (1 - 0.012 * t), np.deg2rad(0.5 * t)
         cos, sin = np.cos(angle) * scale, np.sin(angle) * scale
         linear = np.array([[cos, -sin], [sin, cos]])
         offset = centre + shift - linear @ np.array([width / 2, height / 2])
         return np.vstack([np.hstack([linear, offset[:, None]]), [0, 0, 1]])
 
-    frames = [cv2.warpAffine(image, matrix(t)[:2], (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                             borderMode=cv2.BORDER_REFLECT) for t in range(count)]
-    grid = np.stack(np.meshgrid(np.arange(width), np.arange(height)), -1).reshape(-1, 2).astype(np.float64)
-    homogeneous = np.hstack([grid, np.ones((len(grid), 1))])
-    flows = {}
-    for t in range(count - 1):
-        to_next = homogeneous @ (np.linalg.inv(matrix(t + 1)) @ matrix(t)).T
-        to_prev = homogeneous @ (np.linalg.inv(matrix(t)) @ matrix(t + 1)).T
-        forward = (to_next[:, :2] - grid).reshape(height, width, 2).astype(np.float32)
-        backward = (to_prev[:, :2] - grid).reshape(height, width, 2).astype(np.float32)
-        flows[t] = (forward, backward)
-    return frames, flows
+    return matrix
 
 
-def object_sequence(background: np.ndarray, sprite_source: np.ndarray, size: tuple[int, int], count: int):
-    """A static background with a rectangular patch of another image moving across it."""
+def known_motion(
+    name: str,
+    size: tuple[int, int],
+    count: int,
+    background: np.ndarray,
+    matrix=None,
+    sprite: np.ndarray | None = None,
+    velocity: tuple[int, int] = (0, 0),
+    start: tuple[int, int] = (8, 48),
+    ellipse: bool = True,
+    flat: bool = False,
+) -> Case:
+    """A camera move over `background` (static when `matrix` is None) with an optional object
+    (`sprite`, moving `velocity` px/frame) on top; exact flow and visibility."""
     width, height = size
-    back = cv2.resize(background, size, interpolation=cv2.INTER_AREA)
-    sprite = cv2.resize(sprite_source, (width // 3, height // 3), interpolation=cv2.INTER_AREA)
-    sh, sw = sprite.shape[:2]
-    step = np.array([3, 1])
-    frames, positions = [], []
+    grid = np.stack(np.meshgrid(np.arange(width), np.arange(height)), -1).astype(np.float64)
+    homogeneous = np.concatenate([grid, np.ones((height, width, 1))], -1)
+    if matrix is None:
+        plate = cv2.resize(background, size, interpolation=cv2.INTER_AREA)
+        backgrounds = [plate] * count
+        bg_forward = {t: np.zeros((height, width, 2), np.float32) for t in range(count - 1)}
+        bg_backward = dict(bg_forward)
+    else:
+        backgrounds = [cv2.warpAffine(background, matrix(t)[:2], size, flags=cv2.INTER_AREA | cv2.WARP_INVERSE_MAP,
+                                      borderMode=cv2.BORDER_REFLECT) for t in range(count)]
+
+        def between(a: int, b: int) -> np.ndarray:
+            mapped = homogeneous @ (np.linalg.inv(matrix(b)) @ matrix(a)).T
+            return (mapped[..., :2] - grid).astype(np.float32)
+
+        bg_forward = {t: between(t, t + 1) for t in range(count - 1)}
+        bg_backward = {t: between(t + 1, t) for t in range(count - 1)}
+
+    alphas = [np.zeros((height, width), np.float32) for _ in range(count)]
+    frames = []
+    if sprite is not None:
+        sh, sw = sprite.shape[:2]
+        if ellipse:  # an anti-aliased ellipse, supersampled 4x
+            yy, xx = np.mgrid[0 : sh * 4, 0 : sw * 4].astype(np.float32)
+            inside = ((xx + 0.5) / (sw * 2) - 1) ** 2 + ((yy + 0.5) / (sh * 2) - 1) ** 2 <= 1
+            cut = inside.reshape(sh, 4, sw, 4).mean((1, 3)).astype(np.float32)
+        else:
+            cut = np.ones((sh, sw), np.float32)
+        for t in range(count):
+            x, y = start[0] + velocity[0] * t, start[1] + velocity[1] * t
+            x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + sw, width), min(y + sh, height)
+            if x1 > x0 and y1 > y0:
+                alphas[t][y0:y1, x0:x1] = cut[y0 - y : y1 - y, x0 - x : x1 - x]
     for t in range(count):
-        x, y = 10 + step[0] * t, height // 3 + step[1] * t
-        frame = back.copy()
-        frame[y : y + sh, x : x + sw] = sprite
-        frames.append(frame)
-        positions.append((x, y))
-    flows = {}
+        frame = backgrounds[t].copy()
+        if sprite is not None:
+            layer = np.zeros_like(frame)
+            x, y = start[0] + velocity[0] * t, start[1] + velocity[1] * t
+            x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + sw, width), min(y + sh, height)
+            if x1 > x0 and y1 > y0:
+                layer[y0:y1, x0:x1] = sprite[y0 - y : y1 - y, x0 - x : x1 - x]
+            a = alphas[t][..., None]
+            frame = frame * (1 - a) + layer * a
+        frames.append(frame.astype(np.float32))
+
+    kernel = np.ones((2 * EDGE + 1, 2 * EDGE + 1), np.uint8)
+    solid = [a > 0.5 for a in alphas]
+    band = [cv2.dilate((a > 0).astype(np.uint8), kernel).astype(bool) & ~cv2.erode((a >= 1).astype(np.uint8),
+                                                                                 kernel).astype(bool)
+            for a in alphas]
+    covered = [cv2.dilate((a > 0).astype(np.uint8), kernel).astype(bool) for a in alphas]
+    step = np.array(velocity, np.float32)
+    forward, valid, revealed, near_edge = {}, {}, {}, {}
+    far = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (41, 41))
     for t in range(count - 1):
-        forward = np.zeros((height, width, 2), np.float32)
-        backward = np.zeros((height, width, 2), np.float32)
-        x, y = positions[t]
-        forward[y : y + sh, x : x + sw] = step
-        x, y = positions[t + 1]
-        backward[y : y + sh, x : x + sw] = -step
-        flows[t] = (forward, backward)
-    return frames, flows
+        f = np.where(solid[t][..., None], step, bg_forward[t]).astype(np.float32)
+        target_x, target_y = grid[..., 0] + f[..., 0], grid[..., 1] + f[..., 1]
+        inside = (target_x >= 0) & (target_x <= width - 1) & (target_y >= 0) & (target_y <= height - 1)
+        tx = np.clip(np.rint(target_x), 0, width - 1).astype(int)
+        ty = np.clip(np.rint(target_y), 0, height - 1).astype(int)
+        hidden_next = ~solid[t] & covered[t + 1][ty, tx]  # background that the object covers at t+1
+        forward[t] = f
+        valid[t] = inside & ~hidden_next & ~band[t] & ~band[t + 1][ty, tx]
+        if sprite is not None:
+            near_edge[t] = cv2.dilate(band[t].astype(np.uint8), far).astype(bool) & valid[t]
+            if t >= 1:  # background of frame t that the object covered at t-1
+                b = bg_backward[t - 1]
+                px = np.clip(np.rint(grid[..., 0] + b[..., 0]), 0, width - 1).astype(int)
+                py = np.clip(np.rint(grid[..., 1] + b[..., 1]), 0, height - 1).astype(int)
+                revealed[t] = ~covered[t] & solid[t - 1][py, px] & valid[t]
+    flat_mask = ~np.any(covered, axis=0) if flat else None
+    return Case(name, frames, forward, valid, revealed, near_edge, flat_mask)
+
+
+def known_motion_cases(shared: Path, size: tuple[int, int], count: int) -> list[Case]:
+    images = photographs(shared)
+    width, height = size
+    desk, still = images["Desk"], images["StillLife"]
+    sprite = cv2.resize(desk[200:500, 300:700], (width * 3 // 10, height * 5 // 12), interpolation=cv2.INTER_AREA)
+    pole = cv2.resize(still[100:700, 400:440], (width // 20, height), interpolation=cv2.INTER_AREA)
+    wall = flat_background(width, height)
+    middle = (8, height // 4)
+    return [
+        known_motion("camera pan, textured", size, count, desk, camera("pan", desk, size)),
+        known_motion("camera zoom+rotate, textured", size, count, still, camera("zoom-rotate", still, size)),
+        known_motion("object 2 px/f over texture", size, count, still, None, sprite, (2, 1), middle),
+        known_motion("object 12 px/f over texture", size, count, still, None, sprite, (12, 2), middle),
+        known_motion("object 4 px/f over flat", size, count, wall, None, sprite, (4, 0), middle, flat=True),
+        known_motion("object 12 px/f over flat", size, count, wall, None, sprite, (12, 1), middle, flat=True),
+        known_motion("object 20 px/f over flat", size, count, wall, None, sprite, (20, 0), middle, flat=True),
+        known_motion("object 8 px/f over camera pan", size, count, desk, camera("pan", desk, size), sprite,
+                     (8, -1), (8, height // 3)),
+        known_motion("thin object 10 px/f, covers and reveals", size, count, still, None, pole, (10, 0), (20, 0),
+                     ellipse=False),
+    ]
+
+
+def farneback(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 5, 13, 10, 7, 1.5, 0)
+
+
+def real_footage(shared: Path, size: tuple[int, int], start: int, count: int) -> Case:
+    """Big Buck Bunny frames `start`.. as scene-linear plates, scored with Farneback flow."""
+    capture = cv2.VideoCapture(str(shared / "video/bigbuckbunny.mp4"))
+    capture.set(cv2.CAP_PROP_POS_FRAMES, start)
+    frames = []
+    while len(frames) < count:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        small = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+        frames.append(linear_from_srgb(small[..., ::-1].astype(np.float32) / 255))
+    greys = [flow.gray8(frame) for frame in frames]
+    forward, valid = {}, {}
+    for t in range(len(frames) - 1):
+        f, b = farneback(greys[t], greys[t + 1]), farneback(greys[t + 1], greys[t])
+        forward[t], valid[t] = f, ~flow.occlusion(f, b)
+    return Case(f"Big Buck Bunny {start}-{start + len(frames) - 1} (Farneback scoring)", frames, forward, valid)
+
+
+# ---- rendering and scores --------------------------------------------------------------------
 
 
 def as_frame(rgb: np.ndarray) -> Frame:
@@ -125,139 +272,233 @@ def as_frame(rgb: np.ndarray) -> Frame:
     return Frame([Part(channels, (0, 0, w - 1, h - 1), (0, 0, w - 1, h - 1))])
 
 
-def render(client: Client, frames: list[np.ndarray], temporal: float | None, sequence: str, first: int = 0,
-           preroll: list[np.ndarray] = ()) -> list[np.ndarray]:
-    """Stylize frames (two in flight) and return display images; pre-roll frames are sent and dropped."""
-    options = {"params": STYLE}
+def render(client: Client, frames: list[np.ndarray], params: dict | None, temporal: dict | None, sequence: str,
+           first: int = 0, preroll: int = 0) -> list[np.ndarray]:
+    """Stylize frames (two in flight); with `preroll`, the first frames are sent and their results dropped."""
+    options = {"params": params} if params else {}
     if temporal:
-        options.update(sequence=sequence, temporal={"strength": temporal})
-    work = [(first - len(preroll) + i, f, False) for i, f in enumerate(preroll)]
-    work += [(first + i, f, True) for i, f in enumerate(frames)]
+        options.update(sequence=sequence, temporal=temporal)
+        client.reset(sequence)
     results, pending = [], []
-    for number, rgb, keep in work:
-        extra = {"frame_number": number} if temporal else {}
-        pending.append((keep, client.submit(as_frame(rgb), **options, **extra)))
-        if len(pending) >= 2:
-            keep_it, item = pending.pop(0)
+    for index, rgb in enumerate(frames):
+        extra = {"frame_number": first + index} if temporal else {}
+        pending.append((index >= preroll, client.submit(as_frame(rgb), **options, **extra)))
+        while len(pending) > 2 or (index == len(frames) - 1 and pending):
+            keep, item = pending.pop(0)
             result = client.result(item)
-            if keep_it:
+            if keep:
                 results.append(display_rgb(result))
-    for keep_it, item in pending:
-        result = client.result(item)
-        if keep_it:
-            results.append(display_rgb(result))
     return results
 
 
-def gram_distance(a: list[np.ndarray], b: list[np.ndarray], features: torch.nn.Module) -> float:
-    """Mean relative Frobenius distance between Gram matrices of first-layer features."""
-    distances = []
-    for x, y in zip(a, b, strict=True):
-        grams = []
-        for image in (x, y):
-            tensor = torch.from_numpy(image).permute(2, 0, 1)[None]
-            with torch.inference_mode():
-                f = features(tensor).flatten(2)[0]
-            grams.append(f @ f.T / f.shape[1])
-        distances.append(float(torch.linalg.norm(grams[0] - grams[1]) / torch.linalg.norm(grams[1])))
-    return float(np.mean(distances))
+def warping_error(outputs: list[np.ndarray], case: Case) -> float:
+    errors = [flow.warping_error(outputs[t], outputs[t + 1], case.forward[t], case.valid[t])
+              for t in case.forward if t + 1 < len(outputs)]
+    return float(np.nanmean(errors))
 
 
-def first_layer(model) -> torch.nn.Module:
-    """The style network's own first convolution + ReLU, as a feature extractor for Gram statistics."""
-    weight = model._module.contract[0].weight.detach().float().cpu()
+def drift(temporal: list[np.ndarray], per_frame: list[np.ndarray]) -> tuple[float, float]:
+    """Worst relative change of a channel's mean or standard deviation: over the sequence, last frame."""
 
-    class Features(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            x = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="reflect")
-            return torch.relu(torch.nn.functional.conv2d(x, weight))
+    def worst(a: np.ndarray, b: np.ndarray) -> float:
+        axes = tuple(range(a.ndim - 1))
+        mean = np.abs(a.mean(axes) - b.mean(axes)) / np.maximum(b.mean(axes), 1e-3)
+        std = np.abs(a.std(axes) - b.std(axes)) / np.maximum(b.std(axes), 1e-3)
+        return float(max(mean.max(), std.max()))
 
-    return Features()
+    return worst(np.stack(temporal), np.stack(per_frame)), worst(temporal[-1], per_frame[-1])
+
+
+def ghosting(temporal: list[np.ndarray], per_frame: list[np.ndarray], case: Case) -> float:
+    """Mean |T - P| in revealed pixels over the per-frame flicker |P_t - warp(P_t+1)| there."""
+    deviation, flicker = [], []
+    for t, mask in case.revealed.items():
+        if not mask.any() or t + 1 >= len(per_frame):
+            continue
+        warped, _ = flow.warp(per_frame[t + 1], case.forward[t])
+        deviation.append(np.abs(temporal[t] - per_frame[t])[mask].mean())
+        flicker.append(np.abs(per_frame[t] - warped)[mask].mean())
+    return float(np.mean(deviation) / np.mean(flicker)) if flicker else float("nan")
+
+
+# ---- sections --------------------------------------------------------------------------------
+
+
+def stability(client: Client, cases: list[Case]) -> list[dict]:
+    rows = []
+    for case in cases:
+        for style, params in STYLES.items():
+            per_frame = render(client, case.frames, params, None, "")
+            temporal = render(client, case.frames, params, TEMPORAL, case.name)
+            before, after = warping_error(per_frame, case), warping_error(temporal, case)
+            whole, last = drift(temporal, per_frame)
+            row = {"case": case.name, "style": style, "ratio": after / before, "per_frame": before,
+                   "drift": whole, "drift_last": last, "ghost": ghosting(temporal, per_frame, case)}
+            rows.append(row)
+            print(f"| {case.name} | {style} | {before:.5f} | {after:.5f} | {row['ratio']:.3f} | "
+                  f"{whole * 100:.1f}% / {last * 100:.1f}% | {row['ghost']:.2f} |", flush=True)
+    return rows
+
+
+def method_visibility(previous: np.ndarray, current: np.ndarray, preset: str) -> tuple[np.ndarray, np.ndarray]:
+    """The server's own motion analysis of `current` after `previous` (linear RGB): its flow to the
+    previous frame and its visibility weight (0..1), as the blend would use them."""
+    from concurrent.futures import Future
+
+    from server import temporal
+
+    options = temporal.TemporalOptions(strength=0.8, preset=preset)
+    done: Future = Future()
+    done.set_result(temporal._analyse(None, lambda: as_frame(previous), None, options))
+    motion = next(iter(temporal._analyse(done, lambda: as_frame(current), None, options)[1].values()))
+    return motion.to_previous, np.asarray(motion.visible, np.float32)
+
+
+def flow_presets(cases: list[Case], hd: list[np.ndarray]) -> None:
+    """Each preset's flow against the exact one (end-point error of the flow to the previous frame),
+    how much of the truly visible area its visibility keeps, and its analysis speed at 1080p."""
+    print("\n| preset | EPE all | EPE within 20 px of object edges | EPE flat background | truly visible kept "
+          "(mean weight) | analysis ms/frame 1080p | analysis fps |")
+    print("|---|---|---|---|---|---|---|")
+    for preset in flow.PRESETS:
+        epe_all, epe_edge, epe_flat, kept = [], [], [], []
+        for case in cases:
+            for t in list(case.forward)[1:4]:
+                # visible pixels x of frame t map to x + F_t in t+1, whose flow to t should be -F_t there
+                to_previous, weight = method_visibility(case.frames[t], case.frames[t + 1], preset)
+                back, _ = flow.warp(to_previous, case.forward[t])
+                error = np.linalg.norm(back + case.forward[t], axis=-1)
+                seen, _ = flow.warp(weight, case.forward[t])
+                epe_all.append(error[case.valid[t]].mean())
+                kept.append(seen[case.valid[t]].mean())
+                if case.near_edge.get(t) is not None and case.near_edge[t].any():
+                    epe_edge.append(error[case.near_edge[t]].mean())
+                if case.flat is not None:
+                    epe_flat.append(error[case.flat & case.valid[t]].mean())
+        seconds = []
+        for _ in range(2):
+            start = time.perf_counter()
+            method_visibility(hd[0], hd[1], preset)
+            seconds.append(time.perf_counter() - start)
+        best = min(seconds)
+        print(f"| {preset} | {np.mean(epe_all):.2f} | {np.mean(epe_edge):.2f} | {np.mean(epe_flat):.2f} | "
+              f"{np.mean(kept) * 100:.1f}% | {best * 1000:.0f} | {1 / best:.1f} |", flush=True)
+
+
+def chunks(client: Client, case: Case) -> None:
+    half = len(case.frames) // 2
+    whole = render(client, case.frames, None, TEMPORAL, "whole")
+    inside = np.mean([flow.warping_error(whole[t], whole[t + 1], case.forward[t], case.valid[t])
+                      for t in case.forward if t != half - 1])
+    first = render(client, case.frames[:half], None, TEMPORAL, "chunk-a")
+    cold = render(client, case.frames[half:], None, TEMPORAL, "chunk-b", first=half)
+    warm = render(client, case.frames[half - 4 :], None, TEMPORAL, "chunk-c", first=half - 4, preroll=4)
+    t = half - 1
+    across = {name: flow.warping_error(first[-1], second[0], case.forward[t], case.valid[t])
+              for name, second in (("cold", cold), ("warm", warm))}
+    print(f"\nchunk boundary ({case.name}, chunks 0-{t} and {half}-{len(case.frames) - 1}, default style): "
+          f"warping error across the boundary without pre-roll {across['cold']:.5f}, with 4 pre-roll frames "
+          f"{across['warm']:.5f}; inside a chunk {inside:.5f}", flush=True)
+
+
+def throughput(client: Client, hd: list[np.ndarray]) -> None:
+    render(client, hd[:1], None, None, "warm-up")
+    timings = {}
+    for mode, options in (("per-frame", None), ("temporal", TEMPORAL), ("per-frame again", None)):
+        start = time.perf_counter()
+        render(client, hd, None, options, f"hd-{mode}")
+        timings[mode] = len(hd) / (time.perf_counter() - start)
+    base = (timings["per-frame"] + timings["per-frame again"]) / 2
+    print(f"\n1080p throughput ({len(hd)} frames per mode, default style, default preset): per-frame "
+          f"{timings['per-frame']:.3f} / {timings['per-frame again']:.3f} fps, temporal {timings['temporal']:.3f} "
+          f"fps, temporal/per-frame {timings['temporal'] / base:.3f}", flush=True)
+
+
+def held_out_commands(case: Case, vst: str) -> None:
+    """The held-out check's command lines, verbatim, on an EXR sequence without motion vectors."""
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        for t, rgb in enumerate(case.frames, start=1):
+            write_exr(as_frame(rgb), str(folder / f"plate.{t:04d}.exr"))
+        frames = f"1-{len(case.frames)}"
+        outputs = {}
+        for name, extra in (("single", []), ("temporal", ["--temporal"])):
+            command = [vst, "render", str(folder / "plate.####.exr"), str(folder / f"{name}.####.exr"),
+                       "--frames", frames, "--embedded", *extra]
+            subprocess.run(command, check=True, capture_output=True, timeout=1800)
+            outputs[name] = [display_rgb(read_exr(str(folder / f"{name}.{t:04d}.exr")))
+                             for t in range(1, len(case.frames) + 1)]
+        before, after = warping_error(outputs["single"], case), warping_error(outputs["temporal"], case)
+        whole, last = drift(outputs["temporal"], outputs["single"])
+        print(f"\n`vst render plate.####.exr out.####.exr --frames {frames} --embedded [--temporal]` on "
+              f"{case.name}: warping error {before:.5f} -> {after:.5f}, ratio {after / before:.3f}; drift "
+              f"{whole * 100:.1f}% / {last * 100:.1f}%; ghosting "
+              f"{ghosting(outputs['temporal'], outputs['single'], case):.2f}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="480x270")
-    parser.add_argument("--frames", type=int, default=12)
-    parser.add_argument("--strength", type=float, default=0.8)
-    parser.add_argument("--hd-frames", type=int, default=4, help="frames per mode for the 1080p throughput")
-    parser.add_argument("--bunny-frames", type=int, default=24)
+    parser.add_argument("--size", default="320x192", help="known-motion frame size (multiples of 4)")
+    parser.add_argument("--frames", type=int, default=10, help="frames per known-motion sequence")
+    parser.add_argument("--real-size", default="480x272")
+    parser.add_argument("--real", default="12:12,36:12", help="Big Buck Bunny segments START:COUNT,...")
+    parser.add_argument("--hd-frames", type=int, default=3, help="frames per mode for the 1080p throughput")
+    parser.add_argument("--sections", default="stability,real,presets,chunks,cli,throughput")
+    parser.add_argument("--cases", default="", help="only known-motion cases whose name contains one of these")
+    parser.add_argument("--shared", default=str(ROOT.parent / "shared"))
     parser.add_argument("--address", default="tcp://127.0.0.1:5597")
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
+    real_size = tuple(int(v) for v in args.real_size.split("x"))
+    sections = set(args.sections.split(","))
+    shared = Path(args.shared)
 
+    cases = known_motion_cases(shared, size, args.frames)
+    if args.cases:
+        cases = [case for case in cases if any(part in case.name for part in args.cases.split(","))]
+    hd = None
+    if sections & {"presets", "throughput"}:
+        desk = photographs(shared)["Desk"]
+        hd = known_motion("hd", (1920, 1080), args.hd_frames + 1, desk, camera("pan", desk, (1920, 1080))).frames
     vst = os.path.join(os.path.dirname(sys.executable), "vst")
+    print(f"# bench/temporal.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\ndevice: {cpu_name()}, "
+          f"{os.cpu_count()} cores; load {os.getloadavg()[0]:.1f}; known motion {size[0]}x{size[1]}, "
+          f"{args.frames} frames; temporal {TEMPORAL} (defaults otherwise)")
+    if "presets" in sections:
+        flow_presets(cases, hd)
     server = subprocess.Popen([vst, "serve", "--bind", args.address, "--device", "auto"])
     try:
-        with Client(args.address, timeout=120) as client:
-            device = client.hello()["device"]
-            images = source_images()
-            features = first_layer(load_model("multistyle26", "cpu"))
-            print(f"device: {device}; size {size[0]}x{size[1]}, {args.frames} frames, temporal strength "
-                  f"{args.strength}, model multistyle26 style 19")
-            sequences = {
-                "pan (Desk)": affine_sequence(images["Desk"], size, args.frames, "pan"),
-                "zoom (StillLife)": affine_sequence(images["StillLife"], size, args.frames, "zoom"),
-                "rotation (bunny frame)": affine_sequence(images["bunny"], size, args.frames, "rotation"),
-                "moving object (Desk over StillLife)": object_sequence(images["StillLife"], images["Desk"], size,
-                                                                       args.frames),
-            }
-            ratios, grams = [], []
-            for name, (frames, flows) in sequences.items():
-                per_frame = render(client, frames, None, name)
-                temporal = render(client, frames, args.strength, name)
-                before = warping_errors(dict(enumerate(per_frame)), flows).mean
-                after = warping_errors(dict(enumerate(temporal)), flows).mean
-                gram = gram_distance(temporal, per_frame, features)
-                ratios.append(after / before)
-                grams.append(gram)
-                print(f"{name}: warping error per-frame {before:.5f}, temporal {after:.5f}, "
-                      f"ratio {after / before:.3f}; Gram distance temporal vs per-frame {gram * 100:.1f}%")
-
-            frames, flows = sequences["pan (Desk)"]
-            half = len(frames) // 2
-            inside = warping_errors(dict(enumerate(render(client, frames, args.strength, "whole"))), flows)
-            inside_mean = float(np.mean([e for t, _, e in inside.pairs if t != half - 1]))
-            first = render(client, frames[:half], args.strength, "chunk-a")
-            cold = render(client, frames[half:], args.strength, "chunk-b", first=half)
-            warm = render(client, frames[half:], args.strength, "chunk-c", first=half, preroll=frames[half - 4 : half])
-            boundary = {half - 1: flows[half - 1]}
-            cold_error = warping_errors({half - 1: first[-1], half: cold[0]}, boundary).mean
-            warm_error = warping_errors({half - 1: first[-1], half: warm[0]}, boundary).mean
-            print(f"chunk boundary (pan, chunks 0-{half - 1} and {half}-{len(frames) - 1}): warping error across "
-                  f"the boundary without pre-roll {cold_error:.5f}, with 4 pre-roll frames {warm_error:.5f}; "
-                  f"inside a chunk {inside_mean:.5f}")
-
-            hd = affine_sequence(images["Desk"], (1920, 1080), args.hd_frames + 1, "pan")[0]
-            render(client, hd[:1], None, "warm-up")
-            timings = {}
-            for mode, strength in (("per-frame", None), ("temporal", args.strength)):
-                start = time.perf_counter()
-                render(client, hd, strength, f"hd-{mode}")
-                timings[mode] = len(hd) / (time.perf_counter() - start)
-            print(f"1080p throughput: per-frame {timings['per-frame']:.3f} fps, temporal {timings['temporal']:.3f} "
-                  f"fps, temporal/per-frame {timings['temporal'] / timings['per-frame']:.3f}")
-
-            capture = cv2.VideoCapture(str(SHARED / "video/bigbuckbunny.mp4"))
-            video = []
-            while len(video) < args.bunny_frames:
-                ok, bgr = capture.read()
-                if not ok:
-                    break
-                small = cv2.resize(bgr, (640, 360), interpolation=cv2.INTER_AREA)
-                video.append(linear_from_srgb(small[..., ::-1].astype(np.float32) / 255))
-            greys = [gray8(frame) for frame in video]
-            estimated = {t: (dis_flow(greys[t], greys[t + 1], "medium"), dis_flow(greys[t + 1], greys[t], "medium"))
-                         for t in range(len(video) - 1)}
-            bunny_before = warping_errors(dict(enumerate(render(client, video, None, "bbb"))), estimated).mean
-            bunny_after = warping_errors(dict(enumerate(render(client, video, args.strength, "bbb"))), estimated).mean
-            print(f"bigbuckbunny.mp4 ({len(video)} frames at 640x360, DIS flow on the input): warping error "
-                  f"per-frame {bunny_before:.5f}, temporal {bunny_after:.5f}, ratio {bunny_after / bunny_before:.3f}")
-            print(f"summary: warping error ratio temporal/per-frame worst {max(ratios):.3f} (goal <= 0.4), "
-                  f"Gram distance worst {max(grams) * 100:.1f}% (goal <= 10%)")
+        with Client(args.address, timeout=300) as client:
+            print(f"server device: {client.hello()['device']}\n")
+            rows = []
+            if sections & {"stability", "real"}:
+                print("| case | style | warping error per-frame | temporal | ratio | drift seq / last | ghosting |")
+                print("|---|---|---|---|---|---|---|")
+            if "stability" in sections:
+                rows += stability(client, cases)
+            if "real" in sections:
+                for segment in args.real.split(","):
+                    start, count = (int(v) for v in segment.split(":"))
+                    rows += stability(client, [real_footage(shared, real_size, start, count)])
+            if rows:
+                known = [row for row in rows if not row["case"].startswith("Big Buck")]
+                real = [row for row in rows if row["case"].startswith("Big Buck")]
+                ghosts = [row["ghost"] for row in rows if np.isfinite(row["ghost"])]
+                print(f"\nsummary: worst ratio known motion {max((r['ratio'] for r in known), default=np.nan):.3f} "
+                      f"(goal <= 0.40), real footage {max((r['ratio'] for r in real), default=np.nan):.3f} "
+                      f"(goal <= 0.60); worst drift {max(r['drift'] for r in rows) * 100:.1f}% over the sequence, "
+                      f"{max(r['drift_last'] for r in rows) * 100:.1f}% on the last frame (goal <= 10%); worst "
+                      f"ghosting {max(ghosts, default=np.nan):.2f}", flush=True)
+            if "chunks" in sections:
+                chunks(client, known_motion_cases(shared, size, 12)[0])
+            if "throughput" in sections:
+                throughput(client, hd)
     finally:
         server.terminate()
         server.wait(60)
+    if "cli" in sections:
+        hard = [case for case in known_motion_cases(shared, size, args.frames) if "20 px/f" in case.name]
+        held_out_commands(hard[0], vst)
 
 
 if __name__ == "__main__":
