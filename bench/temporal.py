@@ -21,10 +21,11 @@ Per case and style:
   flow's visibility, 2 px bands around object edges left out): ratio temporal / per-frame;
 - drift: per-channel mean and standard deviation of the temporal output against the per-frame
   output (relative; worst channel, over the sequence and on its last frame);
-- ghosting (known motion with objects): in pixels revealed behind a moving object, mean
-  |temporal - per-frame| divided by the per-frame flicker there (mean |P_t - warp(P_t+1)| on the
-  same pixels); about 1 or less means the temporal result stays within the per-frame flicker,
-  a ghost of the object shows as several times that.
+- ghosting (known motion with objects): in pixels revealed behind a moving object (its whole
+  wake: background the object covered in any earlier frame), mean |temporal - per-frame| divided
+  by the per-frame flicker there (mean |P_t - warp(P_t+1)| on the same pixels), and that divided
+  by the same ratio on background the object never came near: about 1 when the wake looks like
+  untouched background; a ghost or trail of the object makes it larger.
 
 Further: flow quality per preset (end-point error against the exact flow: everywhere, within 20 px
 of a moving object's edge, and on flat backgrounds) and analysis speed per preset at 1080p;
@@ -57,8 +58,9 @@ from server import flow  # noqa: E402
 from server.evaluate import display_rgb  # noqa: E402
 from vst_plugin import Client, Frame, Part  # noqa: E402
 from vst_plugin.exr import read_exr, write_exr  # noqa: E402
+from vst_plugin.schema import TemporalSettings  # noqa: E402
 
-STYLES = {"default (style 0)": None, "style 19": {"style": 19}, "style 7": {"style": 7}}
+STYLES = {"default": None, "style 19": {"style": 19}, "style 7": {"style": 7}}
 TEMPORAL = {"strength": 0.8}  # what `vst render --temporal` sends
 EDGE = 2  # pixels around object edges left out of the scores (mixed pixels have no single motion)
 
@@ -75,7 +77,10 @@ class Case:
     forward: dict[int, np.ndarray]
     valid: dict[int, np.ndarray]
     revealed: dict[int, np.ndarray] = field(default_factory=dict)
-    """Pixels of frame t that frame t-1 did not show (behind a moving object), visible at t+1."""
+    """Background pixels of frame t that a moving object covered in an earlier frame (its wake),
+    visible at t+1."""
+    untouched: dict[int, np.ndarray] = field(default_factory=dict)
+    """Background pixels of frame t that no object covered so far, nor comes within 20 px of (control)."""
     near_edge: dict[int, np.ndarray] = field(default_factory=dict)
     """Pixels of frame t within 20 px of a moving object's edge (flow quality near edges)."""
     flat: np.ndarray | None = None
@@ -195,7 +200,8 @@ def known_motion(
             for a in alphas]
     covered = [cv2.dilate((a > 0).astype(np.uint8), kernel).astype(bool) for a in alphas]
     step = np.array(velocity, np.float32)
-    forward, valid, revealed, near_edge = {}, {}, {}, {}
+    forward, valid, revealed, untouched, near_edge = {}, {}, {}, {}, {}
+    wake = np.zeros((height, width), bool)
     far = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (41, 41))
     for t in range(count - 1):
         f = np.where(solid[t][..., None], step, bg_forward[t]).astype(np.float32)
@@ -208,13 +214,16 @@ def known_motion(
         valid[t] = inside & ~hidden_next & ~band[t] & ~band[t + 1][ty, tx]
         if sprite is not None:
             near_edge[t] = cv2.dilate(band[t].astype(np.uint8), far).astype(bool) & valid[t]
-            if t >= 1:  # background of frame t that the object covered at t-1
+            if t >= 1:  # background of frame t that the object covered at t-1 or before
                 b = bg_backward[t - 1]
                 px = np.clip(np.rint(grid[..., 0] + b[..., 0]), 0, width - 1).astype(int)
                 py = np.clip(np.rint(grid[..., 1] + b[..., 1]), 0, height - 1).astype(int)
-                revealed[t] = ~covered[t] & solid[t - 1][py, px] & valid[t]
+                wake = (solid[t - 1] | wake)[py, px]
+                revealed[t] = ~covered[t] & wake & valid[t]
+                near = cv2.dilate((wake | covered[t]).astype(np.uint8), far).astype(bool)
+                untouched[t] = ~near & valid[t]
     flat_mask = ~np.any(covered, axis=0) if flat else None
-    return Case(name, frames, forward, valid, revealed, near_edge, flat_mask)
+    return Case(name, frames, forward, valid, revealed, untouched, near_edge, flat_mask)
 
 
 def known_motion_cases(shared: Path, size: tuple[int, int], count: int) -> list[Case]:
@@ -310,15 +319,21 @@ def drift(temporal: list[np.ndarray], per_frame: list[np.ndarray]) -> tuple[floa
 
 
 def ghosting(temporal: list[np.ndarray], per_frame: list[np.ndarray], case: Case) -> float:
-    """Mean |T - P| in revealed pixels over the per-frame flicker |P_t - warp(P_t+1)| there."""
-    deviation, flicker = [], []
-    for t, mask in case.revealed.items():
-        if not mask.any() or t + 1 >= len(per_frame):
-            continue
-        warped, _ = flow.warp(per_frame[t + 1], case.forward[t])
-        deviation.append(np.abs(temporal[t] - per_frame[t])[mask].mean())
-        flicker.append(np.abs(per_frame[t] - warped)[mask].mean())
-    return float(np.mean(deviation) / np.mean(flicker)) if flicker else float("nan")
+    """How far the temporal result strays from the per-frame one in a moving object's wake, relative
+    to the per-frame flicker there, and that relative to the same ratio on untouched background:
+    about 1 when the wake behaves like background the object never crossed; a ghost makes it larger."""
+
+    def ratio(masks: dict[int, np.ndarray]) -> float:
+        deviation, flicker = [], []
+        for t, mask in masks.items():
+            if not mask.any() or t + 1 >= len(per_frame):
+                continue
+            warped, _ = flow.warp(per_frame[t + 1], case.forward[t])
+            deviation.append(np.abs(temporal[t] - per_frame[t])[mask].mean())
+            flicker.append(np.abs(per_frame[t] - warped)[mask].mean())
+        return float(np.mean(deviation) / np.mean(flicker)) if flicker else float("nan")
+
+    return ratio(case.revealed) / ratio(case.untouched)
 
 
 # ---- sections --------------------------------------------------------------------------------
@@ -347,7 +362,7 @@ def method_visibility(previous: np.ndarray, current: np.ndarray, preset: str) ->
 
     from server import temporal
 
-    options = temporal.TemporalOptions(strength=0.8, preset=preset)
+    options = TemporalSettings(strength=0.8, preset=preset)
     done: Future = Future()
     done.set_result(temporal._analyse(None, lambda: as_frame(previous), None, options))
     motion = next(iter(temporal._analyse(done, lambda: as_frame(current), None, options)[1].values()))
@@ -445,6 +460,7 @@ def main() -> None:
     parser.add_argument("--hd-frames", type=int, default=3, help="frames per mode for the 1080p throughput")
     parser.add_argument("--sections", default="stability,real,presets,chunks,cli,throughput")
     parser.add_argument("--cases", default="", help="only known-motion cases whose name contains one of these")
+    parser.add_argument("--styles", default=",".join(STYLES), help="styles to render (names as in STYLES)")
     parser.add_argument("--shared", default=str(ROOT.parent / "shared"))
     parser.add_argument("--address", default="tcp://127.0.0.1:5597")
     args = parser.parse_args()
@@ -452,6 +468,8 @@ def main() -> None:
     real_size = tuple(int(v) for v in args.real_size.split("x"))
     sections = set(args.sections.split(","))
     shared = Path(args.shared)
+    for name in set(STYLES) - set(args.styles.split(",")):
+        del STYLES[name]
 
     cases = known_motion_cases(shared, size, args.frames)
     if args.cases:

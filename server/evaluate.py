@@ -213,4 +213,4 @@ def _estimated(
         raise EvaluationError(f"the input plates have no {view} view")
     canvas = _union([source[view].window, target[view].window, current.window, following.window])
     first, second = (flow.gray8(_on_canvas(plane, canvas)) for plane in (source[view], target[view]))
-    return Plane(flow.dis_flow(first, second, preset), canvas), Plane(flow.dis_flow(second, first, preset), canvas)
+    return Plane(flow.estimate(first, second, preset), canvas), Plane(flow.estimate(second, first, preset), canvas)

@@ -11,29 +11,44 @@ import cv2
 import numpy as np
 
 PRESETS = {
-    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
-    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+    "ultrafast": (cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, None),
+    "fast": (cv2.DISOPTICAL_FLOW_PRESET_FAST, None),
+    "medium": (cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, None),
+    "fine": (cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, 0),
 }
-"""OpenCV's DIS settings for each preset name a request may give (vst_plugin/schema.py FLOW_PRESETS)."""
+"""OpenCV's DIS settings for each preset name a request may give (vst_plugin/schema.py FLOW_PRESETS):
+a DIS preset and the finest pyramid level it refines (None: the preset's own; 0: full resolution,
+for final renders where object edges matter)."""
+
+ALPHA = 50.0
+"""Lai et al.'s photometric weight exp(-ALPHA * |I_t - warp(I_t-1)|^2), on display values 0..1."""
+
+
+_ENCODE = (np.power(np.arange(65536) / 65535, 1 / 2.2) * 255 + 0.5).astype(np.uint8)
+"""8-bit display code of linear 0..1 in steps of 1/65535 (a table: the power curve is slow on 1080p)."""
+
+
+def _encode8(linear: np.ndarray) -> np.ndarray:
+    linear = np.nan_to_num(linear, nan=0.0, posinf=1.0, neginf=0.0).clip(0, 1)
+    return _ENCODE[(linear * 65535 + 0.5).astype(np.uint16)]
 
 
 def gray8(rgb: np.ndarray) -> np.ndarray:
     """An 8-bit grey image for flow from (H, W, 3) linear or encoded values (luma, sRGB-like curve)."""
-    luma = rgb[..., 0] * 0.2126 + rgb[..., 1] * 0.7152 + rgb[..., 2] * 0.0722
-    luma = np.nan_to_num(luma, nan=0.0, posinf=1.0, neginf=0.0).clip(0, 1)
-    return (np.power(luma, 1 / 2.2) * 255 + 0.5).astype(np.uint8)
+    return _encode8(rgb[..., 0] * 0.2126 + rgb[..., 1] * 0.7152 + rgb[..., 2] * 0.0722)
 
 
-def from_vectors(u: np.ndarray, v: np.ndarray, y_up: bool) -> np.ndarray:
-    """A flow field from motion vector planes in pixels; `y_up` (Nuke's convention) flips v."""
-    sign = -1.0 if y_up else 1.0
-    return np.stack([u.astype(np.float32), sign * v.astype(np.float32)], axis=-1)
+def display8(rgb: np.ndarray) -> np.ndarray:
+    """An 8-bit display image (H, W, 3) from linear or encoded values (the curve of `gray8`)."""
+    return _encode8(rgb)
 
 
-def dis_flow(source: np.ndarray, target: np.ndarray, preset: str = "fast") -> np.ndarray:
-    """DIS optical flow from `source` to `target` (8-bit grey images of one size)."""
-    dis = cv2.DISOpticalFlow_create(PRESETS[preset])
+def estimate(source: np.ndarray, target: np.ndarray, preset: str = "fast") -> np.ndarray:
+    """Optical flow from `source` to `target` (8-bit grey images of one size), OpenCV DIS."""
+    dis_preset, finest = PRESETS[preset]
+    dis = cv2.DISOpticalFlow_create(dis_preset)
+    if finest is not None:
+        dis.setFinestScale(finest)
     return dis.calc(source, target, None)
 
 
@@ -47,6 +62,65 @@ def warp(image: np.ndarray, flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     warped = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     inside = (map_x >= 0) & (map_x <= image.shape[1] - 1) & (map_y >= 0) & (map_y <= image.shape[0] - 1)
     return warped, inside
+
+
+def photometric_weight(current: np.ndarray, warped_previous: np.ndarray) -> np.ndarray:
+    """Lai et al.'s per-pixel confidence that the previous frame, warped, shows the same thing:
+    exp(-ALPHA * |I_t - warp(I_t-1)|^2), |.| the RGB distance of 8-bit display images taken as 0..1."""
+    difference = (current.astype(np.float32) - warped_previous.astype(np.float32)) * np.float32(1 / 255)
+    return np.exp(np.float32(-ALPHA) * (difference**2).sum(-1))
+
+
+def coverage(from_previous: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    """How much of the previous frame lands on each pixel of this one (`size` (width, height), by
+    default the previous frame's) when every previous pixel is pushed along `from_previous` (its
+    flow into this frame, bilinear splatting). About 1 where this frame shows what the previous one
+    showed; near 0 where it reveals what the previous frame hid (disocclusion)."""
+    height, width = from_previous.shape[:2]
+    out_w, out_h = size or (width, height)
+    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    x, y = grid_x + from_previous[..., 0], grid_y + from_previous[..., 1]
+    x0, y0 = np.floor(x), np.floor(y)
+    fx, fy = x - x0, y - y0
+    x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
+    total = np.zeros(out_h * out_w, np.float64)
+    for dx, dy, weight in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+        xi, yi = x0 + dx, y0 + dy
+        ok = (xi >= 0) & (xi < out_w) & (yi >= 0) & (yi < out_h)
+        total += np.bincount((yi * out_w + xi)[ok], weights=weight[ok], minlength=out_h * out_w)
+    return total.reshape(out_h, out_w).astype(np.float32)
+
+
+ROUND_TRIP = 9.0
+"""Squared pixels of round-trip disagreement (plus 1% of the squared motion) at which the soft
+forward-backward weight falls to 1/e: lenient, because in flat regions the two directions of a
+flow disagree by a pixel or so without being wrong, while a moving object's motion smeared into
+its surroundings comes back several pixels off."""
+
+
+def visibility(
+    current: np.ndarray, previous: np.ndarray, to_previous: np.ndarray, from_previous: np.ndarray | None = None
+) -> np.ndarray:
+    """Soft weight 0..1 that each pixel of `current` is visible in `previous` and that `to_previous`
+    takes it to the right place there (display images (H, W, 3) uint8; flows in pixels, each in the
+    coordinates of the frame it belongs to).
+
+    The product of: the photometric weight of the warped previous frame (`photometric_weight`; it
+    holds in flat regions); 0 where the flow leaves the previous frame; and, when the previous
+    frame's flow into this one is known, a disocclusion weight from `coverage` (1 where at least 3/4
+    of a pixel's worth of the previous frame lands, 5x5 mean, 0 below 1/4) and a soft round-trip
+    weight exp(-|w + w_r(x + w)|^2 / (ROUND_TRIP + 0.01 (|w|^2 + |w_r(x + w)|^2))).
+    """
+    warped, inside = warp(previous, to_previous)
+    weight = photometric_weight(current, warped) * inside
+    if from_previous is not None:
+        height, width = to_previous.shape[:2]
+        covered = cv2.blur(coverage(from_previous, (width, height)), (5, 5))
+        weight *= np.clip((covered - 0.25) * 2, 0, 1)
+        back, _ = warp(from_previous, to_previous)
+        round_trip = ((to_previous + back) ** 2).sum(-1)
+        weight *= np.exp(-round_trip / (ROUND_TRIP + 0.01 * ((to_previous**2).sum(-1) + (back**2).sum(-1))))
+    return weight
 
 
 def occlusion(flow: np.ndarray, reverse: np.ndarray | None) -> np.ndarray:

@@ -24,8 +24,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -40,13 +42,21 @@ class LayerMotion:
     """What the analysis of one layer of one frame leaves for the blend and for the next frame."""
 
     grey: np.ndarray
+    display: np.ndarray
+    """8-bit display image (H, W, 3), for the photometric visibility test."""
     window: Window
     forward: np.ndarray | None
-    """Host vectors to the next frame (flow convention), for the next frame's consistency check."""
+    """Host vectors to the next frame (flow convention), for the next frame's disocclusion test."""
     to_previous: np.ndarray | None = None
     """Flow from this layer's pixels into the previous frame's layer (its local pixel coordinates)."""
     visible: np.ndarray | None = None
-    """Pixels visible in both frames (not occluded, not on a motion boundary, inside the previous)."""
+    """Weight 0..1 that a pixel is visible in the previous frame, at the place `to_previous` says."""
+    previous_display: np.ndarray | None = None
+    """The previous frame's display image, for the next frame's long-term term."""
+    to_earlier: np.ndarray | None = None
+    """Flow into the frame before the previous one, when the previous frame continued the sequence too."""
+    visible_earlier: np.ndarray | None = None
+    """Weight 0..1 that a pixel is visible in the frame before the previous one (photometric test)."""
 
 
 Analysis = tuple[Frame, dict[str, LayerMotion]]
@@ -97,7 +107,7 @@ def _analyse(
         rgb = np.stack([part.channels[name] for name in layer.rgb], axis=-1).astype(np.float32)
         backward = _vectors(frame, layer, settings.backward, settings) if settings.vectors == "auto" else None
         motion = LayerMotion(
-            flow.gray8(rgb), part.data_window, _vectors(frame, layer, settings.forward, settings)
+            flow.gray8(rgb), flow.display8(rgb), part.data_window, _vectors(frame, layer, settings.forward, settings)
         )
         prior = before.get(layer_key(layer))
         if prior is not None:
@@ -115,11 +125,18 @@ def _vectors(frame: Frame, layer: ColourLayer, name: str, settings: TemporalSett
     return flow.from_vectors(channels[found[1]], channels[found[2]], settings.y_up)
 
 
+VISIBILITY_PIXELS = 640 * 360
+"""Visibility weights are soft: on larger frames they are found at 1/2, 1/3... of the size (at most
+about this many pixels) and scaled back up; the flows that warp the results keep full resolution."""
+
+
 def _relate(motion: LayerMotion, prior: LayerMotion, backward: np.ndarray | None, settings: TemporalSettings) -> None:
-    """Fill `motion.to_previous` and `motion.visible` from this frame and the one before."""
+    """Fill `motion`'s flows into the previous frames and their visibility weights."""
     (x0, y0, x1, y1), (px0, py0, px1, py1) = motion.window, prior.window
     cx0, cy0 = min(x0, px0), min(y0, py0)
     width, height = max(x1, px1) - cx0 + 1, max(y1, py1) - cy0 + 1
+    w, h = window_size(motion.window)
+    rows, cols = slice(y0 - cy0, y0 - cy0 + h), slice(x0 - cx0, x0 - cx0 + w)
 
     def on_canvas(image: np.ndarray, window: Window) -> np.ndarray:
         canvas = np.zeros((height, width, *image.shape[2:]), image.dtype)
@@ -127,47 +144,110 @@ def _relate(motion: LayerMotion, prior: LayerMotion, backward: np.ndarray | None
         canvas[window[1] - cy0 : window[1] - cy0 + h, window[0] - cx0 : window[0] - cx0 + w] = image
         return canvas
 
+    step = max(1, round(np.sqrt(width * height / VISIBILITY_PIXELS)))
+    small = partial(_shrink, step=step)
+    display, prior_display = small(motion.display), small(prior.display)
+    offset = np.array([px0 - x0, py0 - y0], np.float32)  # prior-local -> local coordinates
     if backward is not None:
-        to_previous = on_canvas(backward, motion.window)
-        to_next = on_canvas(prior.forward, prior.window) if prior.forward is not None else None
+        to_previous = backward - offset
+        from_previous = None if prior.forward is None else small(prior.forward + offset, flow=True)
     else:
         grey, prior_grey = on_canvas(motion.grey, motion.window), on_canvas(prior.grey, prior.window)
-        to_previous = flow.dis_flow(grey, prior_grey, settings.preset)
-        to_next = flow.dis_flow(prior_grey, grey, settings.preset)
-    occluded = flow.occlusion(to_previous, to_next)
-    w, h = window_size(motion.window)
-    rows = slice(y0 - cy0, y0 - cy0 + h)
-    cols = slice(x0 - cx0, x0 - cx0 + w)
-    local = to_previous[rows, cols] + np.array([x0 - px0, y0 - py0], np.float32)
-    grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    pw, ph = window_size(prior.window)
-    sample_x, sample_y = grid_x + local[..., 0], grid_y + local[..., 1]
-    inside = (sample_x >= 0) & (sample_x <= pw - 1) & (sample_y >= 0) & (sample_y <= ph - 1)
-    motion.to_previous = local
-    motion.visible = inside & ~occluded[rows, cols]
+        to_previous = flow.estimate(grey, prior_grey, settings.preset)[rows, cols] - offset
+        # the other direction serves the disocclusion and round-trip tests only: shrunk size will do
+        from_previous = flow.estimate(small(prior_grey), small(grey), settings.preset)
+        top, left = round((py0 - cy0) / step), round((px0 - cx0) / step)
+        from_previous = from_previous[top : top + prior_display.shape[0], left : left + prior_display.shape[1]]
+        if from_previous.shape[:2] != prior_display.shape[:2]:
+            from_previous = cv2.resize(from_previous, prior_display.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+        from_previous += offset / step
+    motion.to_previous = to_previous
+    motion.previous_display = prior.display
+    to_previous = small(to_previous, flow=True)
+    motion.visible = _grow(flow.visibility(display, prior_display, to_previous, from_previous), (w, h))
+    if prior.to_previous is not None and prior.previous_display is not None:
+        # Into the frame before the previous one, for what the previous frame did not show: through
+        # the previous frame's flow, or with the frame's dominant motion twice (the background's,
+        # usually, which is what a moving object reveals). Where the input is too flat to tell them
+        # apart the dominant motion wins: a moving object's motion smeared into a flat background
+        # would otherwise drag its surroundings along behind it.
+        chained, _ = flow.warp(small(prior.to_previous, flow=True), to_previous)
+        dominant = np.broadcast_to(2 * np.median(to_previous.reshape(-1, 2), axis=0), to_previous.shape)
+        earlier = small(prior.previous_display)
+        weights = [flow.visibility(display, earlier, c) for c in (to_previous + chained, dominant)]
+        chain = weights[0] > weights[1] + 0.25
+        motion.to_earlier = _grow(np.where(chain[..., None], to_previous + chained, dominant), (w, h), flow=True)
+        motion.visible_earlier = _grow(np.where(chain, weights[0], weights[1]), (w, h))
+
+
+def _shrink(image: np.ndarray, step: int, flow: bool = False) -> np.ndarray:
+    """`image` at 1/step of its size (a flow's vectors scaled too)."""
+    if step == 1:
+        return image
+    height, width = image.shape[:2]
+    size = (max(1, round(width / step)), max(1, round(height / step)))
+    shrunk = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return shrunk / np.float32(step) if flow else shrunk
+
+
+def _grow(image: np.ndarray, size: tuple[int, int], flow: bool = False) -> np.ndarray:
+    """`image` scaled up to `size` (width, height) (a flow's vectors scaled too)."""
+    if image.shape[1] == size[0] and image.shape[0] == size[1]:
+        return image
+    grown = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+    if flow:
+        grown *= np.array([size[0] / image.shape[1], size[1] / image.shape[0]], np.float32)
+    return grown
+
+
+LONG_TERM = 0.5
+"""Weight of the frame before the previous one, relative to the previous one, where only it is
+visible: an older, less certain match (at 1 a fast object's surroundings linger behind it longer)."""
 
 
 def blend(stylized: torch.Tensor, motion: LayerMotion | None, memory: dict[str, Any], strength: float) -> torch.Tensor:
-    """Blend the warped previous result into `stylized` [1,3,H,W] and remember the outcome.
+    """Blend the warped previous results into `stylized` [1,3,H,W] and remember the outcome.
 
     `memory` is the layer's state for this sequence; without motion to the previous frame (a new
-    sequence, a jump) the frame is used as it is and starts the chain.
+    sequence, a jump) the frame is used as it is and starts the chain. Where the previous frame is
+    visible (weight v1) its result is blended in; where it is not but the frame before it is (v2),
+    that one's result is, at half weight (LONG_TERM):
+    out = stylized + strength * (v1 (w1 - stylized) + LONG_TERM (1 - v1) v2 (w2 - stylized)).
     """
-    previous = memory.get("temporal_result")
+    previous, earlier = memory.get("temporal_result"), memory.get("temporal_earlier")
+    result = stylized
     if motion is not None and motion.to_previous is not None and previous is not None:
-        height, width = stylized.shape[2:]
-        prior_h, prior_w = previous.shape[2:]
-        grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-        sample = np.stack(
-            [
-                (grid_x + motion.to_previous[..., 0]) * 2 / max(prior_w - 1, 1) - 1,
-                (grid_y + motion.to_previous[..., 1]) * 2 / max(prior_h - 1, 1) - 1,
-            ],
-            axis=-1,
-        )
-        grid = torch.from_numpy(sample)[None].to(stylized.device, stylized.dtype)
-        warped = F.grid_sample(previous, grid, mode="bilinear", padding_mode="border", align_corners=True)
-        visible = torch.from_numpy(motion.visible)[None, None].to(stylized.device)
-        stylized = torch.where(visible, torch.lerp(stylized, warped, strength), stylized)
-    memory["temporal_result"] = stylized
-    return stylized
+        warped = _warp(previous, motion.to_previous)
+        weight = _weight(motion.visible, stylized)
+        target = weight * (warped - stylized)
+        if motion.to_earlier is not None and earlier is not None:
+            warped = _warp(earlier, motion.to_earlier)
+            fill = LONG_TERM * (1 - weight) * _weight(motion.visible_earlier, stylized)
+            target = target + fill * (warped - stylized)
+        result = stylized + strength * target
+    else:
+        previous = None
+    memory["temporal_earlier"] = previous
+    memory["temporal_result"] = result
+    return result
+
+
+def _weight(weight: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(weight)[None, None].to(like.device, like.dtype)
+
+
+def _warp(image: torch.Tensor, to_image: np.ndarray) -> torch.Tensor:
+    """Sample `image` [1,C,h,w] at each pixel + `to_image` (H, W, 2), bicubic (less blur than bilinear
+    when results are warped again and again), clamped to the network's 0..1."""
+    height, width = to_image.shape[:2]
+    image_h, image_w = image.shape[2:]
+    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    sample = np.stack(
+        [
+            (grid_x + to_image[..., 0]) * 2 / max(image_w - 1, 1) - 1,
+            (grid_y + to_image[..., 1]) * 2 / max(image_h - 1, 1) - 1,
+        ],
+        axis=-1,
+    )
+    grid = torch.from_numpy(sample)[None].to(image.device, image.dtype)
+    return F.grid_sample(image, grid, mode="bicubic", padding_mode="border", align_corners=True).clamp(0, 1)

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from server import flow, temporal
 from server.colour import srgb_encode
 from server.flow import occlusion, warping_error
 from vst_plugin import Client, Frame, Part
 from vst_plugin.exr import read_exr
+from vst_plugin.schema import TemporalSettings
 
 VST = str(Path(sys.executable).parent / "vst")
 WIDTH, HEIGHT = 128, 96
@@ -59,6 +62,91 @@ def mean_warping_error(outputs: list[Frame]) -> float:
 
 def same(a: Frame, b: Frame) -> bool:
     return all(np.array_equal(a.parts[0].channels[c], b.parts[0].channels[c]) for c in "RGB")
+
+
+def moving_square(t: int, step: int = 6, flat: bool = True) -> np.ndarray:
+    """Frame t (display RGB uint8): a textured square moving `step` px right per frame over a smooth
+    gradient (flat) or over noise; the square covers x in [10 + step t, 42 + step t), y in [30, 62)."""
+    rng = np.random.default_rng(1)
+    if flat:
+        background = np.broadcast_to(np.linspace(60, 140, WIDTH)[None, :, None], (HEIGHT, WIDTH, 3))
+    else:  # texture: noise blurred to a few pixels' grain, full contrast
+        import cv2
+
+        grain = cv2.GaussianBlur(rng.uniform(0, 1, (HEIGHT, WIDTH, 3)).astype(np.float32), (0, 0), 1.5)
+        background = (grain - grain.min()) / (grain.max() - grain.min()) * 255
+    image = np.array(background, np.float32)
+    image[30:62, 10 + step * t : 42 + step * t] = rng.uniform(150, 255, (32, 32, 3))
+    return image.astype(np.uint8)
+
+
+def analysed(frames: list[np.ndarray], preset: str = "fast") -> list[temporal.LayerMotion]:
+    """The server's motion analysis of display frames, in order (linear plates made from them)."""
+    from concurrent.futures import Future
+
+    options = TemporalSettings(strength=0.8, preset=preset)
+    motions, previous = [], None
+    for image in frames:
+        linear = (image.astype(np.float32) / 255) ** 2.2
+        channels = {c: np.ascontiguousarray(linear[..., i]) for i, c in enumerate("RGB")}
+        window = (0, 0, image.shape[1] - 1, image.shape[0] - 1)
+        done: Future = Future()
+        done.set_result(temporal._analyse(previous, lambda c=channels, w=window: Frame([Part(c, w, w)]), None, options))
+        motions.append(next(iter(done.result()[1].values())))
+        previous = done
+    return motions
+
+
+def test_visibility_keeps_flat_regions_and_drops_what_a_moving_object_reveals() -> None:
+    first, second = analysed([moving_square(0), moving_square(1)])
+    background = np.ones((HEIGHT, WIDTH), bool)
+    background[24:68, 4:54] = False  # the square at both frames, with a margin
+    kept = second.visible[background].mean()
+    # the forward-backward + motion-boundary test on the same flow throws away flat background
+    to_next = flow.estimate(first.grey, second.grey, "fast")
+    ruder = 1 - occlusion(second.to_previous, to_next)[background].mean()
+    print(f"flat background kept: soft weight {kept:.3f}, Ruder test {ruder:.3f}")
+    assert kept > 0.9 and kept > ruder + 0.05, (kept, ruder)
+    # over texture, what the square reveals is not taken from the previous frame
+    revealed = analysed([moving_square(0, flat=False), moving_square(1, flat=False)])[1].visible[30:62, 10:16]
+    assert revealed.mean() < 0.2, revealed.mean()
+
+
+def test_coverage_finds_disocclusion() -> None:
+    from_previous = np.zeros((HEIGHT, WIDTH, 2), np.float32)
+    from_previous[30:62, 10:42] = (6, 0)  # the square moves 6 px right
+    covered = flow.coverage(from_previous)
+    assert np.allclose(covered[30:62, 10:16], 0)  # revealed: nothing lands there
+    assert np.allclose(covered[30:62, 16:42], 1)
+    assert np.allclose(covered[30:62, 42:48], 2)  # the square and the background it now hides
+    assert np.allclose(covered[:30], 1)
+
+
+def test_fine_preset_follows_object_edges_better() -> None:
+    frames = [moving_square(t, step=8) for t in range(2)]
+    exact = np.zeros((HEIGHT, WIDTH, 2), np.float32)
+    exact[30:62, 18:50] = (-8, 0)  # frame 1 -> frame 0: the square's pixels came from 8 px left
+    near = np.zeros((HEIGHT, WIDTH), bool)
+    near[20:72, 8:60] = True
+    errors = {}
+    for preset in ("fast", "fine"):
+        to_previous = analysed(frames, preset)[1].to_previous
+        errors[preset] = float(np.linalg.norm(to_previous - exact, axis=-1)[near].mean())
+    assert errors["fine"] < 0.7 * errors["fast"], errors
+
+
+def test_long_term_blend_fills_from_the_frame_before_the_previous_one() -> None:
+    """Background hidden at t-1 but seen at t-2 and t takes the result of t-2, not the per-frame one."""
+    motions = analysed([moving_square(t, step=36, flat=False) for t in range(3)])
+    hidden = (slice(32, 60), slice(50, 74))  # the square at t-1 (x 46..78), background at t-2 and t
+    assert motions[2].visible[hidden].mean() < 0.2
+    assert motions[2].visible_earlier[hidden].mean() > 0.6
+    memory: dict = {}
+    for motion, value in zip(motions, (0.2, 0.5, 0.9), strict=True):
+        stylized = torch.full((1, 3, HEIGHT, WIDTH), value)
+        out = temporal.blend(stylized, motion if motion.to_previous is not None else None, memory, 0.8)
+    expected = 0.9 + 0.8 * temporal.LONG_TERM * (0.2 - 0.9)
+    assert float(out[0, :, hidden[0], hidden[1]].mean()) == pytest.approx(expected, abs=0.15)
 
 
 def test_temporal_mode_lowers_the_warping_error_of_a_pan(server_address: str, photo: np.ndarray) -> None:

@@ -165,8 +165,9 @@ def _add_render(commands: Any) -> None:
     render.add_argument("--in-flight", type=int, default=2, help="frames sent ahead of the one being written")
     render.add_argument("--temporal", type=float, nargs="?", const=0.8, default=None, metavar="STRENGTH",
                         help="blend the previous result warped along the motion, 0..1 (flag alone: 0.8)")
-    render.add_argument("--flow-preset", default="fast", choices=FLOW_PRESETS,
-                        help="DIS optical flow preset when the plates carry no motion vectors (default fast)")
+    render.add_argument("--flow-preset", default=TemporalSettings.preset, choices=FLOW_PRESETS,
+                        help=f"optical flow preset when the plates carry no motion vectors (default "
+                        f"{TemporalSettings.preset}; fine: full-resolution flow for final renders, slower)")
     render.add_argument("--no-vectors", action="store_true",
                         help="estimate flow even when the plates carry backward/forward motion vectors")
     render.add_argument("--preroll", type=int, default=0, metavar="N",

@@ -24,8 +24,9 @@ DEFAULT_COLORSPACE = "lin_rec709"
 RAW_COLORSPACE = "raw"
 """The colour space name that sends values to the network unconverted."""
 HIGHLIGHT_POLICIES = ("preserve", "compress", "clamp")
-FLOW_PRESETS = ("ultrafast", "fast", "medium")
-"""OpenCV DIS optical flow presets a temporal request may name (server/flow.py maps them)."""
+FLOW_PRESETS = ("ultrafast", "fast", "medium", "fine")
+"""Optical flow presets a temporal request may name (server/flow.py maps them to OpenCV DIS settings;
+`fine` refines at full resolution, for final renders)."""
 VECTOR_MODES = ("auto", "off")
 MAX_REQUEST_ID = 2**63 - 1
 
@@ -165,7 +166,8 @@ ENVELOPE = (
 TEMPORAL_FIELDS = (
     Field("strength", "float", 0.0, "weight of the warped previous result in pixels visible in both frames; 0 is off",
           bounds=(0.0, 1.0), code="bad_param"),
-    Field("preset", "str", "fast", "OpenCV DIS optical flow preset, when the frame carries no motion vectors",
+    Field("preset", "str", "medium",
+          "optical flow preset when the frame carries no motion vectors (fine: full resolution, final renders)",
           choices=FLOW_PRESETS, code="bad_param"),
     Field("vectors", "str", "auto",
           "use the frame's motion vector channels when present (auto) or always estimate flow (off)",
@@ -253,7 +255,7 @@ class TemporalSettings:
     """Temporal mode: blend the previous result, warped along the motion (docs/protocol.md)."""
 
     strength: float = 0.0
-    preset: str = "fast"
+    preset: str = "medium"
     vectors: str = "auto"
     backward: str = "backward"
     forward: str = "forward"
