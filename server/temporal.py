@@ -6,14 +6,14 @@ Per sequence (client + sequence id) and per colour layer:
    continues the sequence when its frame number is the previous one + 1, and starts it anew after a
    jump, a repeat, a scrub or a `reset`), and hands the motion analysis of the frame, against the
    previous frame's analysis, to a thread pool (`MotionAnalysis`) ahead of the model worker:
-   the backward flow (this frame -> the previous one) and an occlusion mask from the forward-backward
-   consistency check and motion boundaries (`server.flow.occlusion`). The motion comes from the
-   host's motion vectors when the frame carries them, from OpenCV DIS optical flow on the inputs
-   otherwise.
+   the backward flow (this frame -> the previous one) and a soft visibility weight per pixel
+   (`server.flow.visibility`: photometric agreement of the warped previous input, disocclusion by
+   splatting the previous frame forward, a lenient round trip), and the same for the frame before
+   the previous one. The motion comes from the host's motion vectors when the frame carries them,
+   from OpenCV DIS optical flow on the inputs otherwise.
 2. After the network has stylized the layer, the previous *result* is warped into this frame and
-   blended into the pixels that are visible in both frames:
-   ``out = where(visible, (1 - s) * stylized + s * warped_previous, stylized)``, with ``s`` the
-   temporal strength. The result is kept for the next frame, so the blend is recursive.
+   blended in by its weight; where only the frame before it is visible, that one's result is, at
+   half weight (`blend`). The result is kept for the next frame, so the blend is recursive.
 
 Motion vectors follow Nuke's convention by default: ``backward.u/backward.v`` of frame t point to
 frame t-1, ``forward.u/forward.v`` to frame t+1, in pixels, with v pointing up (``y_up``).
