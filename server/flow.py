@@ -43,6 +43,12 @@ def display8(rgb: np.ndarray) -> np.ndarray:
     return _encode8(rgb)
 
 
+def from_vectors(u: np.ndarray, v: np.ndarray, y_up: bool) -> np.ndarray:
+    """A flow field from motion vector planes in pixels; `y_up` (Nuke's convention) flips v."""
+    sign = -1.0 if y_up else 1.0
+    return np.stack([u.astype(np.float32), sign * v.astype(np.float32)], axis=-1)
+
+
 def estimate(source: np.ndarray, target: np.ndarray, preset: str = "fast") -> np.ndarray:
     """Optical flow from `source` to `target` (8-bit grey images of one size), OpenCV DIS."""
     dis_preset, finest = PRESETS[preset]
