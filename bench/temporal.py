@@ -281,9 +281,11 @@ def as_frame(rgb: np.ndarray) -> Frame:
     return Frame([Part(channels, (0, 0, w - 1, h - 1), (0, 0, w - 1, h - 1))])
 
 
-def render(client: Client, frames: list[np.ndarray], params: dict | None, temporal: dict | None, sequence: str,
-           first: int = 0, preroll: int = 0) -> list[np.ndarray]:
+def render(client: Client | InProcess, frames: list[np.ndarray], params: dict | None, temporal: dict | None,
+           sequence: str, first: int = 0, preroll: int = 0) -> list[np.ndarray]:
     """Stylize frames (two in flight); with `preroll`, the first frames are sent and their results dropped."""
+    if isinstance(client, InProcess):
+        return client.render(frames, params, temporal)[preroll:]
     options = {"params": params} if params else {}
     if temporal:
         options.update(sequence=sequence, temporal=temporal)
@@ -298,6 +300,53 @@ def render(client: Client, frames: list[np.ndarray], params: dict | None, tempor
             if keep:
                 results.append(display_rgb(result))
     return results
+
+
+class InProcess:
+    """The server's own frame path without the transport, for runs on a loaded machine: the model,
+    `server.pipeline.stylize_frame` with the sequence's memory, and `server.temporal`'s analysis
+    chained frame to frame, exactly as the request loop and the worker do. Per-frame results are kept
+    between calls (they do not depend on the temporal method)."""
+
+    def __init__(self) -> None:
+        from server.colour import ColourSpaces
+        from server.models import load_model
+
+        self.model = load_model("multistyle26", "cpu")
+        self.colours = ColourSpaces()
+        self._per_frame: dict[tuple[int, str], list[np.ndarray]] = {}
+
+    def reset(self, sequence: str) -> None:  # the same calls as a Client gets from `render`
+        pass
+
+    def render(self, frames: list[np.ndarray], params: dict | None, temporal: dict | None) -> list[np.ndarray]:
+        from concurrent.futures import Future
+
+        from server import temporal as method
+        from server.pipeline import TemporalBlend, stylize_frame
+        from vst_plugin.schema import StylizeSettings
+
+        key = (id(frames), repr(params))
+        if temporal is None and key in self._per_frame:
+            return self._per_frame[key]
+        chosen = TemporalSettings(**temporal) if temporal else None
+        settings = StylizeSettings("multistyle26", params or {}, temporal=chosen)
+        memory: dict = {}
+        previous = None
+        results = []
+        for rgb in frames:
+            frame = as_frame(rgb)
+            blend = None
+            if settings.temporal is not None:
+                done: Future = Future()
+                done.set_result(method._analyse(previous, lambda frame=frame: frame, None, settings.temporal))
+                blend, previous = TemporalBlend(settings.temporal.strength, done.result()[1]), done
+            changed = stylize_frame(frame, self.model, dict(params or {}), settings, self.colours, memory, blend)
+            frame.parts[0].channels.update({name: plane for (_, name), plane in changed.items()})
+            results.append(display_rgb(frame))
+        if temporal is None:
+            self._per_frame[key] = results
+        return results
 
 
 def warping_error(outputs: list[np.ndarray], case: Case) -> float:
@@ -451,6 +500,34 @@ def held_out_commands(case: Case, vst: str) -> None:
               f"{ghosting(outputs['temporal'], outputs['single'], case):.2f}", flush=True)
 
 
+def measure(client: Client | InProcess, args: argparse.Namespace, cases: list[Case], sections: set[str], shared: Path,
+            size: tuple[int, int], real_size: tuple[int, int], hd: list[np.ndarray] | None) -> None:
+    """The sections that render: stability, real footage, chunk boundaries, throughput."""
+    rows = []
+    if sections & {"stability", "real"}:
+        print("| case | style | warping error per-frame | temporal | ratio | drift seq / last | ghosting |")
+        print("|---|---|---|---|---|---|---|")
+    if "stability" in sections:
+        rows += stability(client, cases)
+    if "real" in sections:
+        for segment in args.real.split(","):
+            start, count = (int(v) for v in segment.split(":"))
+            rows += stability(client, [real_footage(shared, real_size, start, count)])
+    if rows:
+        known = [row for row in rows if not row["case"].startswith("Big Buck")]
+        real = [row for row in rows if row["case"].startswith("Big Buck")]
+        ghosts = [row["ghost"] for row in rows if np.isfinite(row["ghost"])]
+        print(f"\nsummary: worst ratio known motion {max((r['ratio'] for r in known), default=np.nan):.3f} "
+              f"(goal <= 0.40), real footage {max((r['ratio'] for r in real), default=np.nan):.3f} "
+              f"(goal <= 0.60); worst drift {max(r['drift'] for r in rows) * 100:.1f}% over the sequence, "
+              f"{max(r['drift_last'] for r in rows) * 100:.1f}% on the last frame (goal <= 10%); worst "
+              f"ghosting {max(ghosts, default=np.nan):.2f}", flush=True)
+    if "chunks" in sections:
+        chunks(client, known_motion_cases(shared, size, 12)[0])
+    if "throughput" in sections:
+        throughput(client, hd)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="320x192", help="known-motion frame size (multiples of 4)")
@@ -463,6 +540,8 @@ def main() -> None:
     parser.add_argument("--styles", default=",".join(STYLES), help="styles to render (names as in STYLES)")
     parser.add_argument("--shared", default=str(ROOT.parent / "shared"))
     parser.add_argument("--address", default="tcp://127.0.0.1:5597")
+    parser.add_argument("--in-process", action="store_true",
+                        help="render with the server's pipeline in this process (no transport; for a loaded machine)")
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
     real_size = tuple(int(v) for v in args.real_size.split("x"))
@@ -484,36 +563,18 @@ def main() -> None:
           f"{args.frames} frames; temporal {TEMPORAL} (defaults otherwise)")
     if "presets" in sections:
         flow_presets(cases, hd)
-    server = subprocess.Popen([vst, "serve", "--bind", args.address, "--device", "auto"])
-    try:
-        with Client(args.address, timeout=300) as client:
-            print(f"server device: {client.hello()['device']}\n")
-            rows = []
-            if sections & {"stability", "real"}:
-                print("| case | style | warping error per-frame | temporal | ratio | drift seq / last | ghosting |")
-                print("|---|---|---|---|---|---|---|")
-            if "stability" in sections:
-                rows += stability(client, cases)
-            if "real" in sections:
-                for segment in args.real.split(","):
-                    start, count = (int(v) for v in segment.split(":"))
-                    rows += stability(client, [real_footage(shared, real_size, start, count)])
-            if rows:
-                known = [row for row in rows if not row["case"].startswith("Big Buck")]
-                real = [row for row in rows if row["case"].startswith("Big Buck")]
-                ghosts = [row["ghost"] for row in rows if np.isfinite(row["ghost"])]
-                print(f"\nsummary: worst ratio known motion {max((r['ratio'] for r in known), default=np.nan):.3f} "
-                      f"(goal <= 0.40), real footage {max((r['ratio'] for r in real), default=np.nan):.3f} "
-                      f"(goal <= 0.60); worst drift {max(r['drift'] for r in rows) * 100:.1f}% over the sequence, "
-                      f"{max(r['drift_last'] for r in rows) * 100:.1f}% on the last frame (goal <= 10%); worst "
-                      f"ghosting {max(ghosts, default=np.nan):.2f}", flush=True)
-            if "chunks" in sections:
-                chunks(client, known_motion_cases(shared, size, 12)[0])
-            if "throughput" in sections:
-                throughput(client, hd)
-    finally:
-        server.terminate()
-        server.wait(60)
+    if args.in_process:
+        print("renders: in process (server.pipeline + server.temporal, no transport)\n")
+        measure(InProcess(), args, cases, sections, shared, size, real_size, hd)
+    else:
+        server = subprocess.Popen([vst, "serve", "--bind", args.address, "--device", "auto"])
+        try:
+            with Client(args.address, timeout=300) as client:
+                print(f"server device: {client.hello()['device']}\n")
+                measure(client, args, cases, sections, shared, size, real_size, hd)
+        finally:
+            server.terminate()
+            server.wait(60)
     if "cli" in sections:
         hard = [case for case in known_motion_cases(shared, size, args.frames) if "20 px/f" in case.name]
         held_out_commands(hard[0], vst)
