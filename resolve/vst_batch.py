@@ -35,7 +35,7 @@ from vst_plugin import Client, VstError  # noqa: E402
 from vst_plugin.cli import CommandError, add_connection_options, add_style_options, connect, render_settings  # noqa: E402
 from vst_plugin.jobs import ExrBytes, JobError, Progress  # noqa: E402
 from vst_plugin.render import RenderError, RenderSpec  # noqa: E402
-from vst_plugin.schema import FLOW_PRESETS, HIGHLIGHT_POLICIES, StylizeSettings  # noqa: E402
+from vst_plugin.schema import FLOW_PRESETS, HIGHLIGHT_POLICIES, StylizeSettings, TemporalSettings  # noqa: E402
 
 if TYPE_CHECKING:
     from fusionscript import MediaPool, MediaPoolItem, Project, Resolve, Timeline, TimelineItem
@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--highlights", default="preserve", choices=HIGHLIGHT_POLICIES)
     parser.add_argument("--temporal", type=float, nargs="?", const=0.8, default=None, metavar="STRENGTH",
                         help="blend the previous result warped along the motion, 0..1 (flag alone: 0.8)")
-    parser.add_argument("--flow-preset", default="fast", choices=FLOW_PRESETS)
+    parser.add_argument("--flow-preset", default=TemporalSettings.preset, choices=FLOW_PRESETS)
     parser.add_argument("--no-vectors", action="store_true")
     parser.add_argument("--preroll", type=int, default=0, metavar="N",
                         help="stylize up to N frames of handle before each clip first (temporal mode)")
