@@ -18,10 +18,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from server.colour import srgb_decode, srgb_encode
+from server.colour import ColourSpaces, srgb_decode, srgb_encode
 from server.export import export
 from server.models import ModelRegistry
-from server.pipeline import _run_network
+from server.pipeline import stylize_planes
 from vst_plugin import Client
 from vst_plugin.cli import main
 from vst_plugin.exr import read_exr, write_exr
@@ -122,7 +122,9 @@ def test_the_trained_model_tiles_and_exports(shot, trained, tmp_path):
     rgb = torch.rand(1, 3, 70, 90)
     assert (model.stylize(rgb, tile=32) - model.stylize(rgb)).abs().max() < 1e-5
     plate = rgb_of(shot / "plates/plate.0002.exr")
-    expected = _run_network(plate, model, model.validate({}), StylizeSettings(model.name), None, None)
+    planes = [np.ascontiguousarray(plate[..., channel]) for channel in range(3)]
+    expected = np.stack(stylize_planes(planes, None, model, model.validate({}), StylizeSettings(model.name),
+                                       ColourSpaces()), axis=-1)
     scripted = torch.jit.load(str(export(model, tmp_path / "grade.pt", "torchscript")))
     session = ort.InferenceSession(str(export(model, tmp_path / "grade.onnx", "onnx")),
                                    providers=["CPUExecutionProvider"])
