@@ -56,11 +56,12 @@ def stylize_frame(
     """Stylize every chosen colour layer of a frame.
 
     Returns the new planes keyed by (part index, channel name), in the plates' own pixel types.
-    Alpha and all other channels are left alone. The `identity` model returns the colour planes as
-    they came, without the colour pipeline: it measures what transport and serving cost. `state` is
-    the model's memory of this sequence; each layer (a stereo view, a part) keeps its own in it.
-    `temporal` blends each layer's previous result, warped along the motion, into the new one
-    (server/temporal.py); it needs `state`.
+    Alpha and all other channels are left alone; with `premultiplied`, pixels whose alpha is not
+    above 0 keep their colour bit for bit (a merge shows nothing there). The `identity` model
+    returns the colour planes as they came, without the colour pipeline: it measures what transport
+    and serving cost. `state` is the model's memory of this sequence; each layer (a stereo view, a
+    part) keeps its own in it. `temporal` blends each layer's previous result, warped along the
+    motion, into the new one (server/temporal.py); it needs `state`.
     """
     changed: dict[tuple[int, str], np.ndarray] = {}
     for layer in find_layers(frame, settings):
@@ -69,11 +70,11 @@ def stylize_frame(
             changed.update({(layer.part, name): part.channels[name] for name in layer.rgb})
             continue
         rgb = np.stack([part.channels[name] for name in layer.rgb], axis=-1).astype(np.float32)
-        alpha = None
+        alpha = transparent = None
         if layer.alpha and settings.premultiplied:
             alpha = part.channels[layer.alpha].astype(np.float32)[..., None]
-            alpha = np.where(alpha > 0, alpha, np.float32(1))
-            rgb /= alpha
+            transparent = ~(alpha[..., 0] > 0)  # alpha 0, negative or NaN: nothing to unpremultiply
+            rgb /= np.where(transparent[..., None], np.float32(1), alpha)
         if settings.colorspace != RAW_COLORSPACE:
             rgb = colours.to_linear(rgb, settings.colorspace)
         key = layer_key(layer)
@@ -87,7 +88,10 @@ def stylize_frame(
         if alpha is not None:
             result = result * alpha
         for index, name in enumerate(layer.rgb):
-            changed[(layer.part, name)] = result[..., index].astype(part.channels[name].dtype)
+            plane = result[..., index].astype(part.channels[name].dtype)
+            if transparent is not None:  # transparent pixels come back bit for bit as they came
+                plane[transparent] = part.channels[name][transparent]
+            changed[(layer.part, name)] = plane
     return changed
 
 
