@@ -35,13 +35,15 @@ def footage(bbb_frames) -> list[np.ndarray]:
 
 
 def cut_movie(shared: Path, path: Path, frames: list[np.ndarray], encoder: str, pixel_format: str,
-              timecode: str | None = None) -> None:
+              timecode: str | None = None, keyframes: int | None = None) -> None:
     """Encode `frames` at 25 fps with the source's audio for the same time, as an editor's cut would."""
     with av.open(str(shared / "video/bigbuckbunny.mp4")) as source, av.open(str(path), "w") as out:
         if timecode:
             out.metadata["timecode"] = timecode
         video = out.add_stream(encoder, rate=25)
         video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, pixel_format
+        if keyframes:
+            video.options = {"g": str(keyframes)}
         audio_in = source.streams.audio[0]
         audio = out.add_stream_from_template(audio_in)
         for index, rgb in enumerate(frames):
@@ -292,3 +294,14 @@ def test_beachball_sequence_renders_every_frame_with_its_moving_window(
         assert result == header(shared / f"exr/Beachball/singlepart.{number:04d}.exr")
         windows.add(result[0])
     assert len(windows) == 8  # the window moves every frame
+
+
+def test_movie_frames_read_in_any_order_are_the_frames_read_in_order(tmp_path: Path, shared: Path, bbb_frames) -> None:
+    """Going back or far ahead seeks to a keyframe; the frame found is the one its number names."""
+    cut_movie(shared, tmp_path / "gop.mp4", bbb_frames(60), "libx264", "yuv420p", keyframes=6)
+    reader = MovieReader(str(tmp_path / "gop.mp4"))
+    in_order = [reader.read(number).parts[0].channels["G"] for number in reader.frames]
+    assert len(in_order) == 60
+    for number in (59, 3, 55, 1, 60, 2, 30):
+        assert np.array_equal(reader.read(number).parts[0].channels["G"], in_order[number - 1]), number
+    reader.close()

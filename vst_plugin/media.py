@@ -76,6 +76,8 @@ CODECS: dict[str, Codec] = {
 DEFAULT_CODECS = {".mov": "prores", ".mxf": "dnxhr", ".mp4": "h264", ".m4v": "h264", ".mkv": "h264", ".avi": "h264"}
 
 _LIMITS = FrameLimits()
+SEEK_AFTER = 48
+"""A movie reader decodes on up to this many frames; further ahead it seeks."""
 _MATRIX = "ITU709"
 """YUV <-> RGB matrix used both ways, so a movie written back decodes to what was stylized."""
 
@@ -301,27 +303,65 @@ class MovieReader:
         self.frames = list(range(1, count + 1))
         self._decoded: Any = None
         self._next = 1
+        self._start = 0
+        self._time_base: Fraction | None = None
 
     def close(self) -> None:
         self._container.close()
 
     def read(self, number: int) -> Frame:
-        """Frame `number` (1-based) as half (8-bit sources) or float planes, values 0..1 as encoded."""
+        """Frame `number` (1-based) as half (8-bit sources) or float planes, values 0..1 as encoded.
+
+        Frames are decoded in order; a frame before the last one read, or far after it, is reached by
+        seeking to the keyframe before it (from the start when the movie has no timestamps).
+        """
         import av
 
-        if self._decoded is None or number < self._next:
-            self._container.close()
-            self._container = av.open(self.path)
-            self._decoded = self._container.decode(video=0)
-            self._next = 1
+        if self._decoded is None or number < self._next or number > self._next + SEEK_AFTER:
+            self._seek(number)
         try:
             for picture in self._decoded:
-                current, self._next = self._next, self._next + 1
+                current = self._index(picture)
+                self._next = current + 1
                 if current == number:
                     return self._planes(picture)
+                if current > number:  # the seek landed past it: decode from the start instead
+                    self._seek(number, exact=False)
+                    return self.read_in_order(number)
         except av.FFmpegError as exc:
             raise MediaError(f"{self.path}: cannot decode frame {number}: {exc}") from None
         raise MediaError(f"{self.path}: has no frame {number} (it has {self._next - 1})")
+
+    def read_in_order(self, number: int) -> Frame:
+        """Frame `number`, decoding on from where the reader is (no seek)."""
+        for picture in self._decoded:
+            current = self._index(picture)
+            self._next = current + 1
+            if current == number:
+                return self._planes(picture)
+        raise MediaError(f"{self.path}: has no frame {number} (it has {self._next - 1})")
+
+    def _seek(self, number: int, exact: bool = True) -> None:
+        """Position the decoder before frame `number`: at the keyframe before it, or at the start."""
+        import av
+
+        self._container.close()
+        self._container = av.open(self.path)
+        stream = self._container.streams.video[0]
+        self._start = stream.start_time or 0
+        self._time_base = stream.time_base
+        self._next = 1
+        if exact and number > 1 and self._time_base:
+            target = self._start + int((number - 1) / self.rate / self._time_base)
+            self._container.seek(target, stream=stream, backward=True)
+            self._next = 0  # unknown until a frame is decoded: its timestamp says
+        self._decoded = self._container.decode(stream)
+
+    def _index(self, picture: Any) -> int:
+        """The 1-based number of a decoded frame: from its timestamp, or counted when it has none."""
+        if picture.pts is None or not self._time_base:
+            return max(self._next, 1)
+        return round((picture.pts - self._start) * self._time_base * self.rate) + 1
 
     def _planes(self, picture: Any) -> Frame:
         deep = self.bits > 8
