@@ -10,9 +10,10 @@ space is `SRGB` (images) or `REC709` (movies), names of OCIO's built-in config; 
 with it and encodes the result back the same way. Float images (EXR, float TIFF) default to linear.
 
 Movies are read and written in order with one decoded frame held at a time (a job adds the frames it has
-in flight); reading an earlier frame than the last one decodes again from the start. Movie frames are
-numbered from 1, as Nuke numbers them. A movie output keeps the input's frame rate and size and, where
-both containers have them, its timecode and audio (cut to the frames rendered).
+in flight); a frame before the last one read, or far after it, is reached by seeking to the keyframe
+before it. Movie frames are numbered from 1, as Nuke numbers them. A movie output keeps the input's
+frame rate and size and, where both containers have them, its timecode and audio (cut to the frames
+rendered).
 
 Nothing here imports torch or the server; OpenImageIO and PyAV are imported when first used, so the
 command line starts on a host without them.
