@@ -96,7 +96,7 @@ def test_resume_keeps_what_is_done(tmp_path: Path) -> None:
     resumed = temporal.resume(done)
     assert (resumed.frames, resumed.preroll) == ((3, 4, 5), 8)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".o.0001.exr.vstkey", ".o.0002.exr.vstkey"]
-    assert temporal.resume(done, preroll=2).preroll == 2
+    assert replace(temporal, preroll=2).resume(done).preroll == 2
     assert temporal.resume({1, 2, 3, 4, 5}.__contains__).frames == ()
     independent = replace(temporal, settings=StylizeSettings())
     assert independent.resume(done) is independent  # the job's cache skips the done frames

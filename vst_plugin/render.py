@@ -19,7 +19,7 @@ from vst_plugin.schema import StylizeSettings
 from vst_plugin.sequence import SequenceError, frame_path, frames_on_disk, has_frame_token, is_movie
 
 RESUME_PREROLL = 8
-"""Pre-roll of a resumed temporal render unless it names its own: the blend has settled by then."""
+"""Pre-roll of a temporal render resumed mid-way that has none of its own: the blend has settled by then."""
 
 
 class RenderError(VstError):
@@ -163,13 +163,13 @@ class RenderSpec:
             in_flight=in_flight, preroll=self.preroll, sequence=sequence, cache=cache,
         )
 
-    def resume(self, done: Callable[[int], bool], preroll: int | None = None) -> RenderSpec:
+    def resume(self, done: Callable[[int], bool]) -> RenderSpec:
         """The render that finishes this one, keeping the frames for which `done(frame)` holds.
 
         Without temporal settings every frame stands alone: the same frames, for a job whose cache
         skips the done ones. A temporal render restarts at the first frame not done and renders every
         frame after it again (each result depends on the one before; their cache keys are removed
-        first), after `preroll` frames of pre-roll (RESUME_PREROLL when None).
+        first), after this render's pre-roll, or RESUME_PREROLL frames when it has none.
         """
         if self.settings.temporal is None:
             return self
@@ -178,8 +178,8 @@ class RenderSpec:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(key_path(self.output_path(number)))
         if first == 0:
-            return replace(self, preroll=self.preroll if preroll is None else preroll)
-        return replace(self, frames=self.frames[first:], preroll=RESUME_PREROLL if preroll is None else preroll)
+            return self
+        return replace(self, frames=self.frames[first:], preroll=self.preroll or RESUME_PREROLL)
 
     def run(
         self,
@@ -193,4 +193,3 @@ class RenderSpec:
         self.check()
         spec = replace(self, preroll=self.available_preroll())
         return spec.job(client, in_flight=in_flight).run(self.frames, progress, cancelled)
-
