@@ -415,7 +415,7 @@ def config_arguments(path: Path) -> list[str]:
     """A TOML file of a command's long options as command-line arguments (`key = value`; a list repeats
     the option; `true` gives a flag)."""
     try:
-        import tomllib
+        import tomllib  # novermin (3.11; tomli below on older Pythons)
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
     try:
