@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(os.environ.get("VST_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
+"""../shared beside the repository; VST_SHARED names it elsewhere (a git worktree's checkout)."""
 
 # Pipeline stages stay eager in tests (and in the servers they start): background torch.compile runs
 # take tens of seconds of CPU; bench/pipeline.py checks the compiled stages against the eager ones.
@@ -87,3 +88,20 @@ def server_address() -> Iterator[str]:
     """Address of a real `vst serve` process (CPU) shared by the tests of a session."""
     with _running_server() as address:
         yield address
+
+
+@pytest.fixture(scope="session")
+def bbb_frames(shared: Path) -> Callable[[int], list]:
+    """`bbb_frames(n)`: the first n frames of ../shared/video/bigbuckbunny.mp4 cropped to 128x72, 8-bit RGB."""
+    import av
+
+    def first(count: int) -> list:
+        frames = []
+        with av.open(str(shared / "video/bigbuckbunny.mp4")) as movie:
+            for picture in movie.decode(video=0):
+                frames.append(picture.to_ndarray(format="rgb24")[300:372, 500:628].copy())
+                if len(frames) == count:
+                    return frames
+        raise AssertionError(f"bigbuckbunny.mp4 has fewer than {count} frames")
+
+    return first

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from vst_plugin.sequence import MAX_FRAMES, SequenceError, frame_path, has_frame_token, parse_frames
+from vst_plugin.sequence import (
+    MAX_FRAMES,
+    SequenceError,
+    frame_path,
+    frames_on_disk,
+    has_frame_token,
+    parse_frames,
+)
 
 # ------------------------------------------------------------------------------------------------
 # parse_frames
@@ -28,6 +37,8 @@ from vst_plugin.sequence import MAX_FRAMES, SequenceError, frame_path, has_frame
         ("-10--2x4", [-10, -6, -2]),
         ("007-009", [7, 8, 9]),
         (" 1-3 , 7 ", [1, 2, 3, 7]),
+        ("1-10y3", [2, 3, 5, 6, 8, 9]),  # fileseq: the frames 1-10x3 leaves out
+        ("1-10:2", [1, 3, 5, 7, 9, 2, 4, 6, 8, 10]),  # fileseq: every 2nd, then the rest
     ],
 )
 def test_parse_frames(spec: str, frames: list[int]) -> None:
@@ -64,7 +75,7 @@ def test_parse_frames_drops_repeats_keeping_the_first() -> None:
         ("1x2", "cannot read"),
         ("1-10x", "cannot read"),
         ("1-10x-2", "cannot read"),
-        ("1-10:2", "cannot read"),
+        ("1-10/2", "cannot read"),
         ("--1", "cannot read"),
         ("+1", "cannot read"),
         ("1.5", "cannot read"),
@@ -196,3 +207,20 @@ def test_frame_must_be_an_int(frame: object) -> None:
 def test_frames_and_patterns_together() -> None:
     paths = [frame_path("out/plate.%04d.exr", n) for n in parse_frames("1-3,-1")]
     assert paths == ["out/plate.0001.exr", "out/plate.0002.exr", "out/plate.0003.exr", "out/plate.-001.exr"]
+
+
+# ------------------------------------------------------------------------------------------------
+# frames_on_disk
+
+
+def test_frames_on_disk_follow_nuke_padding(tmp_path: Path) -> None:
+    for name in ("p.0001.png", "p.0002.png", "p.0005.png", "p.-001.png", "p.00003.png", "q.1.png", "q.10.png"):
+        (tmp_path / name).touch()
+    assert frames_on_disk(str(tmp_path / "p.####.png")) == [-1, 1, 2, 5]
+    assert frames_on_disk(str(tmp_path / "p.%04d.png")) == [-1, 1, 2, 5]
+    assert frames_on_disk(str(tmp_path / "p.@@@@@.png")) == [3]
+    assert frames_on_disk(str(tmp_path / "q.#.png")) == [1, 10]  # one # is one digit or more, as in Nuke
+    with pytest.raises(SequenceError, match="no frames on disk"):
+        frames_on_disk(str(tmp_path / "r.####.png"))
+    with pytest.raises(SequenceError, match="no frame number token"):
+        frames_on_disk(str(tmp_path / "p.0001.png"))

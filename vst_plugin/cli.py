@@ -21,6 +21,9 @@ from typing import Any
 from vst_plugin import install
 from vst_plugin.client import Client, ServerUnavailable, VstError
 from vst_plugin.farm import commands as farm_commands
+from vst_plugin.files import remove_stale_temporaries
+from vst_plugin.media import CODECS, REC709, SRGB
+from vst_plugin.render import RESUME_PREROLL
 from vst_plugin.schema import (
     DEFAULT_ADDRESS,
     DEFAULT_COLORSPACE,
@@ -29,7 +32,7 @@ from vst_plugin.schema import (
     StylizeSettings,
     TemporalSettings,
 )
-from vst_plugin.sequence import SequenceError, parse_frames
+from vst_plugin.sequence import SequenceError
 
 COMMANDS_GROUP = "vst.commands"
 """Entry points: functions `register(commands)` that add subcommands (with `run` defaults) to `vst`."""
@@ -132,12 +135,13 @@ def render_temporal(args: argparse.Namespace) -> TemporalSettings | None:
     return TemporalSettings(args.temporal, args.flow_preset, "off" if args.no_vectors else "auto")
 
 
-def render_settings(args: argparse.Namespace) -> StylizeSettings:
-    """The stylize settings a `vst render` command line asks for."""
+def render_settings(args: argparse.Namespace, colorspace: str | None = None) -> StylizeSettings:
+    """The stylize settings a `vst render` command line asks for (`colorspace`: the footage's, when
+    --input-colorspace names none)."""
     return StylizeSettings(
         model=render_model(args),
         params=render_params(args),
-        colorspace=args.input_colorspace or DEFAULT_COLORSPACE,
+        colorspace=args.input_colorspace or colorspace or DEFAULT_COLORSPACE,
         highlights=args.highlights,
         layers=tuple(args.layers) if args.layers else None,
         tile=args.tile,
@@ -146,15 +150,21 @@ def render_settings(args: argparse.Namespace) -> StylizeSettings:
 
 
 def _add_render(commands: Any) -> None:
-    render = commands.add_parser("render", help="stylize an EXR sequence")
-    render.add_argument("input", help="input sequence pattern, e.g. plate.####.exr or plate.%%04d.exr")
-    render.add_argument("output", help="output sequence pattern")
-    render.add_argument("--frames", required=True, help="frame list, e.g. 1001-1100 or 1-10,15,20-30x2")
+    render = commands.add_parser("render", help="stylize an image sequence or a movie")
+    render.add_argument("input", help="input: an image sequence (plate.####.exr, plate.%%04d.dpx, Nuke-style: one # "
+                        "per digit), a single image, or a movie (.mov, .mp4, .mxf, ...)")
+    render.add_argument("output", help="output: an image sequence (format from the extension, input's bit depth), "
+                        "a single image, or a movie")
+    render.add_argument("--frames", default=None,
+                        help="frame list, e.g. 1001-1100 or 1-10,15,20-30x2 (default: every frame on disk or of "
+                        "the movie; movie frames count from 1)")
+    render.add_argument("--codec", default=None, choices=tuple(CODECS),
+                        help="movie codec (default: .mov ProRes 422 HQ, .mp4 H.264, .mxf DNxHR HQ)")
     render.add_argument("--model", default=None, help="model name or checkpoint path (default: the server's)")
     add_style_options(render)
     render.add_argument("--input-colorspace", default=None, metavar="NAME",
-                        help="OCIO colour space, alias or role of the plates, or raw (default: what the file "
-                        f"declares, else {DEFAULT_COLORSPACE})")
+                        help="OCIO colour space, alias or role of the plates, or raw (default: what a float file "
+                        f"declares, else {DEFAULT_COLORSPACE}; {SRGB} for integer images, {REC709} for movies)")
     render.add_argument("--highlights", default="preserve", choices=HIGHLIGHT_POLICIES,
                         help="what happens to values outside 0..1 (default preserve)")
     render.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
@@ -171,9 +181,11 @@ def _add_render(commands: Any) -> None:
     render.add_argument("--no-vectors", action="store_true",
                         help="estimate flow even when the plates carry backward/forward motion vectors")
     render.add_argument("--preroll", type=int, default=0, metavar="N",
-                        help="render N frames before the first one and discard them (chunked temporal renders)")
+                        help="render N frames before the first one and discard them (chunked temporal renders; "
+                        f"{RESUME_PREROLL} when 0 and --skip-existing resumes a --temporal render mid-way)")
     render.add_argument("--skip-existing", action="store_true",
-                        help="leave frames whose output exists (outputs are written atomically): resume a render")
+                        help="keep frames whose output exists and was made from the same input and settings "
+                        "(resume a killed render; with --temporal it restarts at the first missing frame)")
     add_connection_options(render)
     render.set_defaults(run=run_render)
 
@@ -268,47 +280,74 @@ def plate_colorspace(first_input: str, command: str = "render") -> str:
 
 
 def run_render(args: argparse.Namespace, on_frame: Callable[[int], None] | None = None) -> int:
-    """Stylize a sequence, several frames in flight, each output written atomically.
+    """Stylize a sequence or a movie, several frames in flight, each output written atomically.
 
     `on_frame(number)` is called as each frame is written (a farm task's progress); the progress bar
     shows only without it.
     """
     from tqdm import tqdm
 
-    from vst_plugin.jobs import JobError
+    from vst_plugin.footage import Destination, Footage, FootageError
+    from vst_plugin.jobs import JobError, Progress
+    from vst_plugin.media import MediaError
     from vst_plugin.render import RenderError, RenderSpec
 
     try:
-        frames = tuple(parse_frames(args.frames))
-    except SequenceError as exc:
-        raise CommandError(str(exc)) from None
-    spec = RenderSpec(args.input, args.output, frames, render_settings(args), args.preroll)
-    if args.skip_existing:
-        frames = tuple(n for n in frames if not os.path.isfile(spec.output_path(n)))
-        if not frames:
-            print("every output frame exists already (--skip-existing)")
-            return 0
-        spec = replace(spec, frames=frames)
-    try:
+        footage = Footage.open(args.input, args.frames)
+        spec = RenderSpec(args.input, args.output, tuple(footage.frames), render_settings(args, footage.colorspace),
+                          args.preroll)
         spec.check()
-        preroll = spec.available_preroll()
-    except (RenderError, SequenceError) as exc:
+        if args.input_colorspace is None and footage.movie is None and not (footage.format and footage.format.integer):
+            declared = plate_colorspace(spec.input_path(spec.frames[0]))  # what a float file says it is
+            spec = replace(spec, settings=replace(spec.settings, colorspace=declared))
+        colorspace = spec.settings.colorspace
+        destination = Destination.open(args.output, footage, colorspace, args.codec)
+    except (SequenceError, FootageError, MediaError, RenderError) as exc:
         raise CommandError(str(exc)) from None
-    if args.input_colorspace is None:
-        colorspace = plate_colorspace(spec.input_path(frames[0]))
-        spec = replace(spec, settings=replace(spec.settings, colorspace=colorspace))
-    if preroll < args.preroll:
-        print(f"vst render: pre-roll shortened to {preroll} frame(s): the plates before frame "
-              f"{frames[0]} end there", file=sys.stderr)
-    spec = replace(spec, preroll=preroll)
-    with connect(args) as client, tqdm(total=len(frames), unit="frame", desc="vst render",
-                                       disable=on_frame is not None) as progress:
-        try:
-            spec.run(client, in_flight=max(1, args.in_flight),
-                     progress=lambda done: progress.update(1) if on_frame is None else on_frame(done.frame))
-        except JobError as exc:
-            raise CommandError(str(exc)) from None
-    print(f"wrote {len(frames)} frame(s) to {os.path.dirname(os.path.abspath(spec.output_path(frames[0])))}")
+    how = "given by --input-colorspace" if args.input_colorspace else "assumed; --input-colorspace overrides"
+    print(f"vst render: {args.input}: {footage.description}, {len(spec.frames)} frame(s); colour space "
+          f"{colorspace} ({how})", file=sys.stderr)
+    if destination.encoding:
+        print(f"vst render: {args.output} is display-referred: results are converted to {destination.encoding}",
+              file=sys.stderr)
+    if args.skip_existing and destination.movie is not None:
+        raise CommandError("--skip-existing resumes image sequences; a movie is written in one piece")
+    folder = os.path.dirname(os.path.abspath(spec.output_path(spec.frames[0])))
+    stale = remove_stale_temporaries(folder)
+    if stale:
+        print(f"vst render: removed {len(stale)} temporary file(s) left in {folder} by a render that was killed",
+              file=sys.stderr)
+    try:
+        with connect(args) as client:
+            job = spec.job(client, source=lambda n: destination.route(footage.load(n)),
+                           in_flight=max(1, args.in_flight), cache=args.skip_existing)
+            if args.skip_existing:
+                resumed = spec.resume(job.done)
+                if resumed.frames and resumed.frames[0] != spec.frames[0]:
+                    print(f"vst render: resuming at frame {resumed.frames[0]} "
+                          f"({len(spec.frames) - len(resumed.frames)} frame(s) kept)", file=sys.stderr)
+                spec = resumed
+            job.preroll = spec.available_preroll() if spec.frames else 0
+            if job.preroll < spec.preroll:
+                print(f"vst render: pre-roll shortened to {job.preroll} frame(s): the plates before frame "
+                      f"{spec.frames[0]} end there", file=sys.stderr)
+            with tqdm(total=len(spec.frames), unit="frame", desc=f"vst render ({colorspace})",
+                      disable=on_frame is not None) as bar:
+
+                def progress(done: Progress) -> None:
+                    bar.update(1)
+                    if on_frame is not None and not done.cached:
+                        on_frame(done.frame)
+
+                result = job.run(spec.frames, progress=progress)
+            destination.finish()
+    except (JobError, MediaError) as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        destination.abort()
+        footage.close()
+    kept = f", kept {len(footage.frames) - len(result.rendered)} existing" if args.skip_existing else ""
+    print(f"wrote {len(result.rendered)} frame(s){kept} to {folder if destination.movie is None else destination.name}")
     return 0
 
 
@@ -377,7 +416,7 @@ def config_arguments(path: Path) -> list[str]:
     """A TOML file of a command's long options as command-line arguments (`key = value`; a list repeats
     the option; `true` gives a flag)."""
     try:
-        import tomllib
+        import tomllib  # novermin (3.11; tomli below on older Pythons)
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
     try:

@@ -34,7 +34,6 @@ import contextlib
 import operator
 import os
 import re
-import secrets
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -42,6 +41,7 @@ from typing import Any
 import numpy as np
 import OpenImageIO as oiio
 
+from .files import describe_os_error, temporary_path, write_failure
 from .frame import PIXEL_TYPES, Frame, FrameLimitError, FrameLimits, Part, Window, pixel_type_of
 
 __all__ = ["ExrError", "read_exr", "write_exr", "decode_exr", "encode_exr"]
@@ -231,7 +231,7 @@ def _check_header(spec: Any, index: int, count: int, limits: FrameLimits, what: 
         raise ExrError(f"{label}: inconsistent channel list {names}")
     if len(_channel_types(spec)) != spec.nchannels:
         raise ExrError(f"{label}: inconsistent channel formats")
-    for channel, pixel_type in zip(spec.channelnames, _channel_types(spec), strict=True):
+    for channel, pixel_type in zip(spec.channelnames, _channel_types(spec)):
         if pixel_type not in PIXEL_TYPES:
             raise ExrError(f"{label}: channel {channel!r} has unsupported pixel type {pixel_type}")
 
@@ -349,14 +349,19 @@ def write_exr(frame: Frame, path: str | os.PathLike[str]) -> None:
         raise ExrError(f"{target}: cannot create the directory {directory}: {exc.strerror or exc}") from exc
     if os.path.isdir(target):
         raise ExrError(f"{target}: is a directory")
-    temporary = os.path.join(directory, f".{basename}.tmp-{os.getpid()}-{secrets.token_hex(4)}.exr")
+    temporary = temporary_path(target)
     try:
         _write(frame, temporary, target)
         _fsync(temporary)
         os.replace(temporary, target)
     except OSError as exc:
         _remove(temporary)
-        raise ExrError(f"{target}: cannot write: {exc.strerror or exc}") from exc
+        raise ExrError(f"{target}: cannot write: {describe_os_error(exc)}") from exc
+    except ExrError as exc:
+        _remove(temporary)
+        size = sum(plane.nbytes for part in frame.parts for plane in part.channels.values())
+        reason = write_failure(target, str(exc), size)
+        raise (exc if reason == str(exc) else ExrError(f"{target}: cannot write: {reason}")) from exc
     except BaseException:
         _remove(temporary)
         raise
@@ -380,8 +385,8 @@ def _write(frame: Frame, path: str, what: str) -> None:
         raise ExrError(f"{what}: {exc}") from exc
     multipart = len(frame.parts) > 1
     labels = [f"{what} part {index}" if multipart else what for index in range(len(frame.parts))]
-    specs = [_part_spec(part, label, multipart) for part, label in zip(frame.parts, labels, strict=True)]
-    buffers = [_interleave(part, label) for part, label in zip(frame.parts, labels, strict=True)]
+    specs = [_part_spec(part, label, multipart) for part, label in zip(frame.parts, labels)]
+    buffers = [_interleave(part, label) for part, label in zip(frame.parts, labels)]
 
     out = oiio.ImageOutput.create("openexr")
     if out is None:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import secrets
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -42,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from vst_plugin.client import Client, Pending, ServerError, VstError
+from vst_plugin.files import describe_os_error, temporary_path
 from vst_plugin.schema import StylizeSettings
 
 __all__ = [
@@ -154,9 +154,8 @@ class ExrPlanes:
 def write_atomic(path: str, data: bytes) -> None:
     """Write bytes to `path` through a temporary file beside it and a rename; creates the folder."""
     target = os.path.abspath(path)
-    directory, name = os.path.split(target)
-    os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    temporary = temporary_path(target)
     try:
         with open(temporary, "wb") as stream:
             stream.write(data)
@@ -267,6 +266,10 @@ class SequenceJob:
             self._last_sent = None
         return result
 
+    def done(self, number: int) -> bool:
+        """True if frame `number`'s output exists and its cache key says it was made from this input and options."""
+        return _cached(self.output(number), self._key(number, self._load(number)))
+
     def _start_run(self, first: int, flights: deque[_Flight], finish: Callable[[_Flight], None]) -> None:
         """Begin a contiguous run at `first`: reset the server's sequence state and pre-roll."""
         if self._sent_any:
@@ -314,7 +317,7 @@ class SequenceJob:
             if flight.key is not None:
                 write_atomic(key_path(flight.output), flight.key.encode())
         except OSError as exc:
-            raise JobError(flight.frame, f"cannot write {flight.output}: {exc.strerror or exc}") from exc
+            raise JobError(flight.frame, f"cannot write {flight.output}: {describe_os_error(exc)}") from exc
         except Exception as exc:  # ExrError, whose message names the file
             raise JobError(flight.frame, exc) from exc
 

@@ -88,7 +88,9 @@ def write_jobs(folder: str, jobs: list[CommandLineJob], pool: str | None, group:
 def submit_command(paths: list[str]) -> list[str]:
     """The `deadlinecommand` line that submits the jobs, each depending on the one before."""
     command = ["deadlinecommand", "-SubmitMultipleJobs", "-Dependent"]
-    for job_info, plugin_info in zip(paths[::2], paths[1::2], strict=True):
+    if len(paths) % 2:  # zip(strict=True) is Python 3.10; the host side keeps to 3.9 (Nuke 14)
+        raise ValueError(f"job.info and plugin.info files come in pairs, not {len(paths)} files")
+    for job_info, plugin_info in zip(paths[::2], paths[1::2]):
         command += ["-job", job_info, plugin_info]
     return command
 
