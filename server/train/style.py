@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from server.colour import ColourSpaces
-from server.flow import dis_flow, gray8, occlusion
+from server.flow import estimate, gray8, occlusion
 from server.models import ModelError
 from server.models.checkpoint import read_state_dict
 from server.models.fast_neural_style import TransformerNet
@@ -200,7 +200,7 @@ class ContentSampler:
 def _backward_motion(previous: torch.Tensor, current: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """DIS flow from `current` back to `previous` [2, H, W] and the mask of pixels visible in both."""
     a, b = (gray8(frame.permute(1, 2, 0).numpy() ** 2.2) for frame in (previous, current))
-    backward, forward = dis_flow(b, a), dis_flow(a, b)
+    backward, forward = estimate(b, a), estimate(a, b)
     visible = ~occlusion(backward, forward)
     return torch.from_numpy(backward).permute(2, 0, 1).contiguous(), torch.from_numpy(visible)
 
