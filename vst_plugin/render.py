@@ -104,13 +104,15 @@ class RenderSpec:
         in_flight: int = 2,
         sequence: str | None = None,
         cache: bool = False,
+        reconnect: float = 0.0,
     ) -> SequenceJob:
         """The sequence job of this render on `client`.
 
         `load(path)` reads an input file as a plate (EXR planes by default, `ExrBytes.load` for hosts
         without an imaging library); `prepare(frame)` runs first when a host must make the input
         file (Nuke renders its input). `sequence` names the server-side sequence (a random id
-        otherwise); `cache` skips frames already rendered from the same input and settings.
+        otherwise); `cache` skips frames already rendered from the same input and settings;
+        `reconnect` is how long to wait for a server that stopped or restarted (SequenceJob).
         """
 
         def source(number: int) -> Plate:
@@ -120,7 +122,7 @@ class RenderSpec:
 
         return SequenceJob(
             client, self.settings, source, self.output_path,
-            in_flight=in_flight, preroll=self.preroll, sequence=sequence, cache=cache,
+            in_flight=in_flight, preroll=self.preroll, sequence=sequence, cache=cache, reconnect=reconnect,
         )
 
     def run(
@@ -130,9 +132,10 @@ class RenderSpec:
         in_flight: int = 2,
         progress: Callable[[Progress], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
+        reconnect: float = 0.0,
     ) -> JobResult:
         """Check the render and stylize its frames on `client` (pre-roll shortened to what exists)."""
         self.check()
         spec = replace(self, preroll=self.available_preroll())
-        return spec.job(client, in_flight=in_flight).run(self.frames, progress, cancelled)
+        return spec.job(client, in_flight=in_flight, reconnect=reconnect).run(self.frames, progress, cancelled)
 
