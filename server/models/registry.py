@@ -235,6 +235,8 @@ def _load(path: Path) -> ModelDescriptor:
             )
         try:
             return family.load(state_dict)
+        except ModelError:
+            raise  # the family's own message says what is wrong
         except Exception as error:
             log.info("%s does not fit %s: %s", path, family.FAMILY, error)
             raise ModelError(
