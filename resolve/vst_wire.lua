@@ -22,7 +22,7 @@ M.PROTOCOL_VERSION = 1
 M.ERROR_CODES = { -- the server's error codes (docs/protocol.md), as a set
   bad_request = true, version = true, unknown_op = true, too_large = true, bad_frame = true, bad_exr = true,
   unknown_model = true, unsafe_model = true, bad_param = true, model_error = true, shutting_down = true,
-  internal = true,
+  busy = true, abandoned = true, internal = true,
 }
 M.DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 M.HEARTBEAT = 1.0 -- seconds of silence before a ping while a request is in flight

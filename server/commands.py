@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from server.train import command as train
-from vst_plugin.cli import CommandError, add_model_folder_options, add_style_options, render_params
+from vst_plugin.cli import CommandError, add_model_folder_options, add_style_options, parse_size, render_params
 from vst_plugin.schema import DEFAULT_ADDRESS, FLOW_PRESETS, default_address
 
 EMBEDDED_ADDRESS = "tcp://127.0.0.1:0"
@@ -30,7 +30,7 @@ def register(commands: Any) -> None:
                        help="TOML file of these options (bind = \"ipc:///tmp/vst.sock\", models-dir = [...]); "
                        "options given on the command line override it")
     serve.add_argument("--bind", default=None, metavar="ADDR",
-                       help="tcp://127.0.0.1:PORT, tcp://[::1]:PORT or ipc:///path (loopback only; "
+                       help="tcp://127.0.0.1:PORT, tcp://[::1]:PORT or ipc:///path (loopback only unless --curve-dir; "
                        f"default $VST_SERVER, else {DEFAULT_ADDRESS})")
     serve.add_argument("--default-model", default="multistyle26", help="model used when a request names none")
     serve.add_argument("--sequence-ttl", type=float, default=600.0, metavar="SECONDS",
@@ -45,6 +45,23 @@ def register(commands: Any) -> None:
     add_model_folder_options(serve)
     serve.add_argument("--precision", choices=("auto", "half", "float"), default="auto",
                        help="network precision: auto = half on a GPU where the model allows it, float otherwise")
+    serve.add_argument("--style-dir", action="append", type=Path, default=[], metavar="DIR",
+                       help="folder of style pictures requests may name (repeatable); pictures can also be sent")
+    serve.add_argument("--allow-model-paths", action="store_true",
+                       help="let requests load any model or style picture file this server's user can read, by "
+                       "path. UNSAFE on shared machines: whoever reaches the server reads files as you")
+    serve.add_argument("--queue-memory", type=parse_size, default=1 << 30, metavar="SIZE",
+                       help="byte budget of queued frames; beyond it frames are refused as busy and clients "
+                       "retry (default 1G)")
+    serve.add_argument("--max-frame-bytes", type=parse_size, default=2 << 30, metavar="SIZE",
+                       help="largest frame (all planes, or the EXR file) accepted; bigger message frames are "
+                       "refused while they arrive (default 2G)")
+    serve.add_argument("--curve-dir", type=Path, default=None, metavar="DIR",
+                       help="serve with CURVE keys (from `vst keys DIR`): encrypted, only clients whose public key "
+                       "is in DIR/authorized; then --bind may be any address, e.g. tcp://0.0.0.0:5555")
+    serve.add_argument("--client-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="drop the queued frames of a client silent this long (clients ping while they "
+                       "wait; default 30)")
     serve.set_defaults(run=run_serve)
 
     evaluate = commands.add_parser("eval", help="measure rendered sequences")
@@ -97,7 +114,8 @@ def embedded(device: str, model_dirs: Sequence[Path], model_memory: int) -> Iter
     from server.service import Server, ServerConfig
 
     try:
-        server = Server(ServerConfig(EMBEDDED_ADDRESS, device, tuple(model_dirs), model_memory))
+        # the embedded server runs as this user for this command only: paths are this user's files
+        server = Server(ServerConfig(EMBEDDED_ADDRESS, device, tuple(model_dirs), model_memory, allow_paths=True))
     except ModelError as exc:
         raise CommandError(str(exc)) from None
     address = server.bind()
@@ -114,22 +132,26 @@ def run_serve(args: argparse.Namespace) -> int:
     """Run the server in the foreground until SIGTERM or Ctrl-C."""
     import zmq
 
-    from server.models import ModelError
+    from server.models import ModelError, ParamError
     from server.service import BindError, Server, ServerConfig
+    from vst_plugin.frame import FrameLimits
 
     if args.max_sequences < 1:
         raise CommandError(f"--max-sequences {args.max_sequences}: keep at least 1 sequence")
     bind = args.bind or default_address()
     config = ServerConfig(
         bind, args.device, tuple(args.models_dir), args.model_memory, args.default_model,
+        limits=FrameLimits(max_bytes=args.max_frame_bytes),
         sequence_ttl=args.sequence_ttl, max_sequences=args.max_sequences, idle_exit=args.idle_exit,
         parent_pid=args.parent_pid,
         half={"auto": None, "half": True, "float": False}[args.precision],
+        queue_bytes=args.queue_memory, client_timeout=args.client_timeout,
+        allow_paths=args.allow_model_paths, style_dirs=tuple(args.style_dir), curve_dir=args.curve_dir,
     )
     try:
         server = Server(config)
         endpoint = server.bind()
-    except (BindError, ModelError) as exc:
+    except (BindError, ModelError, ParamError) as exc:
         raise CommandError(str(exc)) from None
     except zmq.ZMQError as exc:
         raise CommandError(f"cannot listen on {bind}: {exc} (is another vst server running there?)") from None
@@ -171,7 +193,7 @@ def run_export(args: argparse.Namespace) -> int:
     from server.models import ModelError, ModelRegistry
 
     try:
-        model = ModelRegistry(tuple(args.models_dir), "cpu").get(args.model)
+        model = ModelRegistry(tuple(args.models_dir), "cpu", allow_paths=True).get(args.model)
         path = export(model, args.output, args.format, **render_params(args))
     except ModelError as exc:
         raise CommandError(str(exc)) from None

@@ -33,14 +33,25 @@ _CODES: tuple[tuple[type[BaseException], str], ...] = (
 """Checked in order: the first class an exception is an instance of gives its code."""
 
 
+MAX_MESSAGE = 2000
+"""Longest error message sent back (messages may quote what a client sent)."""
+
+
 def error_reply(header: dict[str, Any] | None, exc: BaseException) -> dict[str, Any]:
     """The error reply to a request that raised `exc`; anything unexpected is a server bug (`internal`)."""
     if isinstance(exc, ProtocolError):
-        return protocol.error_reply(exc.header or header, exc.code, exc.message)
+        return _reply(exc.header or header, exc.code, exc.message)
     if isinstance(exc, torch.OutOfMemoryError):
-        return protocol.error_reply(header, "model_error", OUT_OF_MEMORY)
+        return _reply(header, "model_error", OUT_OF_MEMORY)
     for kind, code in _CODES:
         if isinstance(exc, kind):
-            return protocol.error_reply(header, code, str(exc))
-    log.error("request %s failed", (header or {}).get("id"), exc_info=exc)
-    return protocol.error_reply(header, "internal", f"{type(exc).__name__}: {exc}")
+            return _reply(header, code, str(exc))
+    log.error("request %r failed", (header or {}).get("id"), exc_info=exc)
+    return _reply(header, "internal", f"{type(exc).__name__}: {exc}")
+
+
+def _reply(header: dict[str, Any] | None, code: str, message: str) -> dict[str, Any]:
+    """An error reply whose message packs (whatever bytes a file name held) and stays short."""
+    text = message.encode("utf-8", errors="replace").decode("utf-8")
+    text = text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+    return protocol.error_reply(header, code, text)

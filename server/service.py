@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import secrets
 import signal
 import socket
 import stat
@@ -17,17 +18,21 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
+from server.admission import ByteBudget, ClientClock
 from server.colour import ColourSpaces
 from server.errors import error_reply
-from server.models import ModelError, ModelRegistry, resolve_device
+from server.models import ModelRegistry, resolve_device
 from server.sessions import SessionStore
+from server.style_images import StyleImageAccess
 from server.temporal import MotionAnalysis
 from server.worker import Task, Worker
 from vst_plugin import protocol
 from vst_plugin.client import Client, VstError
 from vst_plugin.exr import decode_exr
-from vst_plugin.frame import PIXEL_TYPES, Frame, FrameLimits
+from vst_plugin.frame import PIXEL_TYPES, Frame, FrameLimitError, FrameLimits
+from vst_plugin.keys import Curve, CurveKeyError, server_curve
 from vst_plugin.schema import (
     DEFAULT_ADDRESS,
     HIGHLIGHT_POLICIES,
@@ -57,7 +62,6 @@ class ServerConfig:
     model_memory: int = 4 << 30
     default_model: str = "multistyle26"
     limits: FrameLimits = field(default_factory=FrameLimits)
-    max_message_bytes: int = 8 << 30
     sequence_ttl: float = 600.0
     max_sequences: int = 32
     idle_exit: float | None = None
@@ -66,6 +70,20 @@ class ServerConfig:
     """Stop when this process ends (the farm worker or job that started the server)."""
     half: bool | None = None
     """Run networks in half precision; None: on a GPU where the family allows it."""
+    queue_bytes: int = 1 << 30
+    """Byte budget of queued frames; beyond it frames are refused with `busy` (clients retry)."""
+    client_timeout: float = 30.0
+    """A client silent this long (no request, no ping) has gone; its queued frames are dropped."""
+    allow_paths: bool = False
+    """Requests may name any model or style picture file on this machine (unsafe on shared machines)."""
+    style_dirs: tuple[Path, ...] = ()
+    curve_dir: Path | None = None
+    """Serve with CURVE keys (vst_plugin/keys.py): then any address, only authorised clients."""
+
+    @property
+    def max_message_bytes(self) -> int:
+        """Largest message frame accepted (ZeroMQ MAXMSGSIZE): a whole frame's bytes, or a header."""
+        return max(self.limits.max_bytes, protocol.MAX_HEADER_BYTES)
 
 
 def check_loopback(address: str) -> None:
@@ -82,8 +100,9 @@ def check_loopback(address: str) -> None:
             loopback = False
         if not loopback:
             raise BindError(
-                f"refusing to serve on {address}: vst has no authentication yet, so it listens only on "
-                "loopback (tcp://127.0.0.1:PORT, tcp://[::1]:PORT) or ipc://. Reach it from other machines "
+                f"refusing to serve on {address} without keys: a server without --curve-dir listens only on "
+                "loopback (tcp://127.0.0.1:PORT, tcp://[::1]:PORT) or ipc://. To serve other machines, make "
+                "keys with `vst keys` and start it with --curve-dir DIR (see README, Security), or reach it "
                 "through an SSH tunnel."
             )
 
@@ -123,10 +142,25 @@ class Server:
     """A persistent vst server: many clients, one compute worker fed by a queue."""
 
     def __init__(self, config: ServerConfig, context: zmq.Context | None = None):
-        check_loopback(config.address)
         self.config = config
+        self._curve: tuple[Curve, Path] | None = None
+        if config.curve_dir is None:
+            check_loopback(config.address)
+        else:
+            try:
+                self._curve = server_curve(config.curve_dir)
+            except CurveKeyError as exc:
+                raise BindError(str(exc)) from None
+        self._authenticator: ThreadAuthenticator | None = None
         self.device = resolve_device(config.device)
-        self.registry = ModelRegistry(config.model_dirs, self.device, config.model_memory, half=config.half)
+        self.registry = ModelRegistry(
+            config.model_dirs, self.device, config.model_memory, half=config.half, allow_paths=config.allow_paths
+        )
+        self.style_images = StyleImageAccess(config.style_dirs, config.allow_paths)
+        self.budget = ByteBudget(config.queue_bytes)
+        self.clients = ClientClock(config.client_timeout)
+        self._refused: dict[tuple[bytes, str], tuple[int, float]] = {}
+        """Per client sequence, the first frame refused as `busy` and when: later frames wait for it."""
         self.colours = ColourSpaces()
         self.sessions = SessionStore(config.sequence_ttl, config.max_sequences)
         self.motion = MotionAnalysis()
@@ -144,6 +178,10 @@ class Server:
         self._watched_parent = config.parent_pid is not None and config.parent_pid == os.getppid()
         self.requests = 0
         self.errors = 0
+        self.busy = 0
+        self.instance = secrets.token_hex(8)
+        """Random id of this server process, in ping replies: a client that sees it change knows its
+        requests in flight were lost (the server restarted)."""
         self.endpoint: str | None = None
 
     def bind(self) -> str:
@@ -155,6 +193,12 @@ class Server:
         self._router.setsockopt(zmq.LINGER, 1000)
         self._router.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        if self._curve is not None:
+            curve, authorized = self._curve
+            self._authenticator = ThreadAuthenticator(self._context)
+            self._authenticator.start()
+            self._authenticator.configure_curve(domain="*", location=str(authorized))
+            curve.apply(self._router, server=True)
         if self.config.address.startswith("tcp://") and self.config.address.endswith(":0"):
             port = self._router.bind_to_random_port(self.config.address[: -len(":0")])
             self.endpoint = f"{self.config.address[: -len(':0')]}:{port}"
@@ -163,7 +207,10 @@ class Server:
             self.endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         self._results = self._context.socket(zmq.PULL)
         self._results.bind(self._results_address)
-        self._worker = Worker(self._context, self._results_address, self.registry, self.colours)
+        self._worker = Worker(
+            self._context, self._results_address, self.registry, self.colours,
+            self.style_images, self.budget, self.clients,
+        )
         self._worker.start()
         log.info("vst server on %s (device %s, OCIO config %s)", self.endpoint, self.device, self.colours.config_name)
         return self.endpoint
@@ -202,6 +249,8 @@ class Server:
             self._decoder.shutdown(wait=True)
             self._results.close(linger=0)
             self._router.close()
+            if self._authenticator is not None:
+                self._authenticator.stop()
             log.info("vst server stopped")
 
     def _lifetime_over(self) -> str | None:
@@ -219,6 +268,7 @@ class Server:
         identity = frames[0].bytes
         self.requests += 1
         self._last_request = time.monotonic()
+        self.clients.heard(identity)
         header = None
         try:
             message = protocol.decode_request(frames[1:])
@@ -238,9 +288,9 @@ class Server:
         op = message.op
         fields = read_fields(op, header)
         if op == "ping":
-            return protocol.reply(header), []
+            return protocol.reply(header, instance=self.instance), []
         if op == "hello":
-            return protocol.reply(header, **self._hello()), []
+            return protocol.reply(header, **self._hello(), instance=self.instance), []
         if op == "models":
             names = self.registry.available()
             return protocol.reply(header, models=[self._describe(name) for name in names]), []
@@ -249,6 +299,7 @@ class Server:
         if op == "unload":
             return protocol.reply(header, unloaded=self.registry.unload(fields["model"])), []
         if op == "reset":
+            self._refused.pop((identity, fields["sequence"]), None)
             return protocol.reply(header, reset=self.sessions.reset(identity, fields["sequence"])), []
         if self._stopping.is_set():
             raise ProtocolError(
@@ -262,6 +313,11 @@ class Server:
         request = StylizeRequest.from_wire(header)
         request = replace(request, settings=replace(request.settings,
                                                      model=request.settings.model or self.config.default_model))
+        size = sum(buffer.nbytes for buffer in message.payload)
+        try:
+            self.config.limits.check_bytes(size)
+        except FrameLimitError as exc:
+            raise ProtocolError("too_large", str(exc), header) from None
         if request.exr:
             if len(message.payload) != 1:
                 raise ProtocolError("bad_frame", "an EXR stylize request carries exactly one payload", header)
@@ -274,6 +330,8 @@ class Server:
                 raise ProtocolError(exc.code, exc.message, header) from None
             task = Task(identity, header, request, frame=frame)
             load = partial(_given, frame)
+        self._admit(identity, header, request.sequence, request.frame_number, size)
+        task.nbytes = size
         if request.sequence is not None:
             task.session, previous = self.sessions.admit(identity, request.sequence, request.frame_number)
             temporal = request.settings.temporal
@@ -286,11 +344,39 @@ class Server:
         self._in_flight += 1
         self._worker.tasks.put(task)
 
+    def _admit(self, identity: bytes, header: dict[str, Any], sequence: str | None, number: int | None,
+               size: int) -> None:
+        """Reserve the frame's bytes in the queue budget, or refuse it with `busy`.
+
+        A frame of a sequence after one refused as busy is refused too until that one comes again (or
+        the client timeout passes), so a sequence's frames reach the worker in order when re-sent.
+        """
+        key = (identity, sequence) if sequence is not None else None
+        first_refused, when = self._refused.get(key, (None, 0.0)) if key else (None, 0.0)
+        waiting = (
+            first_refused is not None and number is not None and number > first_refused
+            and time.monotonic() - when < self.config.client_timeout
+        )
+        if not waiting and self.budget.reserve(size):
+            self._refused.pop(key, None)
+            return
+        self.busy += 1
+        if key is not None and number is not None and not waiting:
+            if len(self._refused) > 10_000:  # clients that never came back
+                self._refused.clear()
+            self._refused[key] = (number, time.monotonic())
+        raise ProtocolError(
+            "busy",
+            f"the server's frame queue is full ({self.budget.used >> 20} MiB of {self.budget.limit >> 20} MiB); "
+            "send the frame again shortly",
+            header,
+        )
+
     def _describe(self, name: str) -> dict[str, Any]:
         try:
             return self.registry.describe(name)
-        except ModelError as exc:
-            return {"name": name, "error": str(exc)}
+        except Exception as exc:  # one unreadable file must not spoil the list
+            return {"name": name, "error": error_reply(None, exc)["error"]["message"]}
 
     def _hello(self) -> dict[str, Any]:
         limits = self.config.limits
@@ -310,6 +396,7 @@ class Server:
                     "max_pixels": limits.max_pixels,
                     "max_channels": limits.max_channels,
                     "max_parts": limits.max_parts,
+                    "max_frame_bytes": limits.max_bytes,
                     "max_message_bytes": self.config.max_message_bytes,
                 },
             },
@@ -322,6 +409,10 @@ class Server:
             "frames": self._worker.frames_done,
             "errors": self.errors + self._worker.failures,
             "queued": self._in_flight,
+            "queued_bytes": self.budget.used,
+            "queue_bytes": self.budget.limit,
+            "busy": self.busy,
+            "abandoned": self._worker.abandoned,
             "sequences": len(self.sessions),
             "device": str(self.device),
             "models_loaded": self.registry.loaded(),

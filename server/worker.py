@@ -13,16 +13,18 @@ from typing import Any
 
 import zmq
 
+from server.admission import ByteBudget, ClientClock
 from server.colour import ColourSpaces
 from server.errors import error_reply
 from server.models import ModelRegistry
 from server.pipeline import TemporalBlend, stylize_frame
 from server.sessions import Session
+from server.style_images import StyleImageAccess
 from server.temporal import Analysis
 from vst_plugin import protocol
 from vst_plugin.exr import encode_exr
 from vst_plugin.frame import Frame, Part
-from vst_plugin.schema import StylizeRequest
+from vst_plugin.schema import ProtocolError, StylizeRequest
 
 log = logging.getLogger("vst.server")
 
@@ -43,6 +45,8 @@ class Task:
     decoded: Future[Frame] | None = None
     """The EXR bytes decoded ahead of the worker, on the request loop's pool (EXR requests)."""
     queued_at: float = 0.0
+    nbytes: int = 0
+    """Bytes of the request's payload, reserved in the queue budget until the task is done."""
 
 
 class Replier(threading.Thread):
@@ -82,14 +86,21 @@ class Worker(threading.Thread):
         results_address: str,
         registry: ModelRegistry,
         colours: ColourSpaces,
+        style_images: StyleImageAccess,
+        budget: ByteBudget,
+        clients: ClientClock,
     ):
         super().__init__(name="vst-worker", daemon=True)
         self.tasks: queue.Queue[Task | None] = queue.Queue()
         self._replier = Replier(context, results_address)
         self._registry = registry
         self._colours = colours
+        self._style_images = style_images
+        self._budget = budget
+        self._clients = clients
         self.frames_done = 0
         self.errors = 0
+        self.abandoned = 0
 
     def stop(self) -> None:
         """Finish the tasks already queued, then end the thread."""
@@ -105,6 +116,7 @@ class Worker(threading.Thread):
         try:
             while (task := self.tasks.get()) is not None:
                 try:
+                    self._check_client(task)
                     header, payload = self._stylize(task)
                 except Exception as exc:  # every failure reaches the host as a reply, never kills the server
                     header, payload = error_reply(task.header, exc), lambda: []
@@ -112,10 +124,24 @@ class Worker(threading.Thread):
                     log.warning("request %s refused: %s", header["id"], header["error"]["message"])
                     if task.session is not None:
                         task.session.fail()
+                finally:
+                    self._budget.release(task.nbytes)
                 self._replier.outbox.put((task, header, payload))
         finally:
             self._replier.outbox.put(None)
             self._replier.join()
+
+    def _check_client(self, task: Task) -> None:
+        """Raise ProtocolError('abandoned') when the client of a queued frame has gone silent."""
+        if self._clients.gone(task.identity):
+            self.abandoned += 1
+            if task.analysis is not None:
+                task.analysis.cancel()
+            raise ProtocolError(
+                "abandoned",
+                f"the client sent nothing for {self._clients.timeout:g} s (no request, no ping), so the server "
+                "dropped its queued frame; send it again",
+            )
 
     def _stylize(self, task: Task) -> tuple[dict[str, Any], Callable[[], list[Any]]]:
         """Stylize a task's frame; returns the reply header and what builds its payload (on the Replier)."""
@@ -123,7 +149,7 @@ class Worker(threading.Thread):
         settings = task.request.settings
         self._colours.check(settings.colorspace)
         model = self._registry.get(settings.model)
-        params = model.validate(dict(settings.params))
+        params = self._style_images.resolve(model, model.validate(dict(settings.params)))
         temporal = None
         if task.analysis is not None:
             frame, motions = task.analysis.result()

@@ -56,25 +56,42 @@ def _running_server(*options: str, address: str | None = None, bind: bool = True
     """Start `vst serve` on `address` (default a free loopback one) with extra options; stop it afterwards.
 
     `bind` False leaves --bind out: the server finds `address` itself ($VST_SERVER, --config)."""
-    from vst_plugin import Client, ServerUnavailable
+    with running_server_process(*options, address=address, bind=bind) as (address, _):
+        yield address
 
+
+@contextlib.contextmanager
+def running_server_process(
+    *options: str, address: str | None = None, bind: bool = True, probe: str | None = None, **client_options: object
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`vst serve` with extra options on `address` (default: a free loopback one): (address, process).
+
+    `probe` is the address to check it answers at (default `address`), with `client_options` for the Client.
+    """
     address = address or _free_address()
     vst = str(Path(sys.executable).parent / "vst")
     process = subprocess.Popen([vst, "serve", *(["--bind", address] if bind else []), "--device", "cpu", *options])
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with Client(address, timeout=2, heartbeat=0.5) as client:
-                    client.hello()
-                break
-            except ServerUnavailable:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"vst serve did not start (exit code {process.poll()})") from None
-        yield address
+        wait_for_server(probe or address, process, **client_options)
+        yield address, process
     finally:
         process.terminate()
         process.wait(60)
+
+
+def wait_for_server(address: str, process: subprocess.Popen, **client_options: object) -> None:
+    """Wait until a started `vst serve` answers `hello`; RuntimeError if it exits or takes 2 minutes."""
+    from vst_plugin import Client, ServerUnavailable
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with Client(address, timeout=2, heartbeat=0.5, **client_options) as client:
+                client.hello()
+            return
+        except ServerUnavailable:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"vst serve did not start (exit code {process.poll()})") from None
 
 
 @pytest.fixture(scope="session")
@@ -105,3 +122,9 @@ def bbb_frames(shared: Path) -> Callable[[int], list]:
         raise AssertionError(f"bigbuckbunny.mp4 has fewer than {count} frames")
 
     return first
+
+
+@pytest.fixture(scope="session")
+def vst_server_process() -> Callable[..., contextlib.AbstractContextManager[tuple[str, subprocess.Popen]]]:
+    """`with vst_server_process("--opt", address=a) as (address, process):` a real server and its process."""
+    return running_server_process

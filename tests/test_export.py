@@ -52,7 +52,7 @@ def plates(shared) -> list[np.ndarray]:
 def candy(tmp_path_factory) -> StyleModel:
     path = tmp_path_factory.mktemp("export") / "candy.pth"
     torch.save(state_dict_for_checkpoint(reference_net(seed=5)), path)
-    return ModelRegistry().get(str(path))
+    return ModelRegistry(allow_paths=True).get(str(path))
 
 
 def live(model: StyleModel, rgb: np.ndarray, params: dict) -> np.ndarray:

@@ -11,7 +11,7 @@ import pytest
 
 from vst_plugin import Client, ServerUnavailable
 from vst_plugin.exr import read_exr
-from vst_plugin.jobs import ExrBytes, ExrPlanes, JobError, SequenceJob, key_path
+from vst_plugin.jobs import ExrBytes, ExrPlanes, InputError, JobError, SequenceJob, key_path
 from vst_plugin.schema import StylizeSettings
 from vst_plugin.sequence import frame_path
 
@@ -164,3 +164,16 @@ def test_a_server_that_is_down_surfaces_as_unavailable(free_address, plates: str
         job(client, plates, tmp_path / "out").run([1])
     assert address in str(error.value) and "vst serve" in str(error.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_input_first_writes_the_frames_already_stylized(
+    server_address: str, plates: str, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.exr"
+    broken.write_bytes(b"not an EXR at all")
+    paths = {1: frame_path(plates, 1), 2: frame_path(plates, 2), 3: frame_path(plates, 3), 4: str(broken)}
+    with Client(server_address) as client, pytest.raises(JobError) as error:
+        SequenceJob(client, IDENTITY, lambda n: ExrPlanes.load(paths[n]), lambda n: str(tmp_path / f"o.{n}.exr"),
+                    in_flight=4).run([1, 2, 3, 4])
+    assert isinstance(error.value, InputError) and error.value.frame == 4
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("o.")) == ["o.1.exr", "o.2.exr", "o.3.exr"]

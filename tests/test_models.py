@@ -282,7 +282,7 @@ def test_checkpoint_with_a_custom_class_is_refused(tmp_path):
         load_model(str(path))
 
     message = str(caught.value)
-    assert "Payload" in message and "run code" in message and str(path) in message
+    assert "Payload" in message and "run code" in message and path.name in message
     assert "safetensors" in message and "state_dict" in message
 
 
@@ -419,7 +419,7 @@ def test_half_precision_on_cpu(multistyle, tmp_path, crop):
     path = tmp_path / "fns.pth"
     net = reference_net(seed=6, widths=(16, 32, 64), blocks=2)
     torch.save(net.state_dict(), path)
-    registry = ModelRegistry(half=True)
+    registry = ModelRegistry(half=True, allow_paths=True)
     for name, full, tolerance in (
         ("multistyle26", multistyle, 0.02),
         (str(path), load_model(str(path)), 0.02),

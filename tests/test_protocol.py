@@ -123,3 +123,10 @@ def test_colour_layers_follow_views_and_leave_aovs_alone() -> None:
     assert found == {(("R", "G", "B"), "A"), (("left.R", "left.G", "left.B"), None)}
     explicit = colour_layers(frame, ["diffuse"])
     assert [layer.rgb for layer in explicit] == [("diffuse.R", "diffuse.G", "diffuse.B")]
+
+
+@pytest.mark.parametrize("value", [1.0, True, "1", None, [1]])
+def test_only_the_integer_one_is_version_one(value) -> None:
+    with pytest.raises(protocol.ProtocolError) as raised:
+        protocol.decode_request([msgpack.packb({"v": value, "id": 1, "op": "ping"})])
+    assert raised.value.code == "version"

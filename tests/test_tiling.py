@@ -44,7 +44,7 @@ def multistyle() -> StyleModel:
 def candy(tmp_path_factory) -> StyleModel:
     path = tmp_path_factory.mktemp("fns") / "candy.pth"
     torch.save(state_dict_for_checkpoint(reference_net(seed=4)), path)
-    return ModelRegistry().get(str(path))
+    return ModelRegistry(allow_paths=True).get(str(path))
 
 
 @pytest.fixture(scope="module")

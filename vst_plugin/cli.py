@@ -22,6 +22,16 @@ from vst_plugin import install
 from vst_plugin.client import Client, ServerUnavailable, VstError
 from vst_plugin.farm import commands as farm_commands
 from vst_plugin.files import remove_stale_temporaries
+from vst_plugin.keys import (
+    AUTHORIZED,
+    CLIENT_KEY_ENV,
+    SERVER_KEY_ENV,
+    SERVER_NAME,
+    CurveKeyError,
+    client_curve,
+    create_keys,
+    public_key,
+)
 from vst_plugin.media import CODECS, REC709, SRGB
 from vst_plugin.render import RESUME_PREROLL
 from vst_plugin.schema import (
@@ -78,6 +88,11 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--embedded", action="store_true", help="run a server inside this command")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds without any answer before the server counts as gone (default 10)")
+    parser.add_argument("--server-key", default=None, metavar="KEY",
+                        help=f"public key of a server that serves with CURVE keys: its Z85 text or its server.key "
+                        f"file (default ${SERVER_KEY_ENV})")
+    parser.add_argument("--client-key", default=None, metavar="FILE",
+                        help=f"this client's .key_secret file (from `vst keys`; default ${CLIENT_KEY_ENV})")
     add_model_folder_options(parser)
 
 
@@ -114,8 +129,12 @@ def render_params(args: argparse.Namespace) -> dict[str, Any]:
     if args.strength is not None:
         params["strength"] = args.strength
     for name in ("style_image", "style_image_b"):
-        if getattr(args, name, None):  # the server shares this machine's files; send absolute paths
-            params[name] = str(Path(getattr(args, name)).expanduser().absolute())
+        if getattr(args, name, None):  # sent as bytes: the server may be on another machine
+            path = Path(getattr(args, name)).expanduser()
+            try:
+                params[name] = path.read_bytes()
+            except OSError as exc:
+                raise CommandError(f"--{name.replace('_', '-')} {path}: {exc.strerror or exc}") from None
     if getattr(args, "style_mix", None) is not None:
         params["style_mix"] = args.style_mix
     return params
@@ -186,8 +205,36 @@ def _add_render(commands: Any) -> None:
     render.add_argument("--skip-existing", action="store_true",
                         help="keep frames whose output exists and was made from the same input and settings "
                         "(resume a killed render; with --temporal it restarts at the first missing frame)")
+    render.add_argument("--reconnect", type=float, default=120.0, metavar="SECONDS",
+                        help="when the server stops or restarts mid-render, wait this long for it, then send the "
+                        "frames not yet written again, with pre-roll (default 120; 0: fail at once)")
     add_connection_options(render)
     render.set_defaults(run=run_render)
+
+
+def _add_keys(commands: Any) -> None:
+    keys = commands.add_parser(
+        "keys", help="make a CURVE key pair for serving beyond loopback",
+        description="Writes NAME.key (public) and NAME.key_secret (secret, keep it private) into DIR. For a "
+        f"server: `vst keys DIR` (name {SERVER_NAME}), then `vst serve --curve-dir DIR` with the clients' .key "
+        f"files in DIR/{AUTHORIZED}. For a client: `vst keys DIR --name artist1`, give artist1.key to the "
+        f"server's operator, and connect with --client-key DIR/artist1.key_secret --server-key server.key.",
+    )
+    keys.add_argument("folder", type=Path, metavar="DIR", help="folder to write the key pair into")
+    keys.add_argument("--name", default=SERVER_NAME, help=f"file name of the pair (default {SERVER_NAME})")
+    keys.set_defaults(run=run_keys)
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    """Create a CURVE key pair."""
+    try:
+        public, secret = create_keys(args.folder, args.name)
+    except CurveKeyError as exc:
+        raise CommandError(str(exc)) from None
+    if args.name == SERVER_NAME:
+        (args.folder / AUTHORIZED).mkdir(exist_ok=True)
+    print(f"wrote {public} (public: {public_key(str(public)).decode()}) and {secret} (secret: keep it private)")
+    return 0
 
 
 def _add_models(commands: Any) -> None:
@@ -234,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     install.register(commands)
     farm_commands.register(commands)
     _add_sheet(commands)
+    _add_keys(commands)
     for entry in _entry_points(COMMANDS_GROUP):
         entry.load()(commands)
     return parser
@@ -248,12 +296,17 @@ def _command_names(parser: argparse.ArgumentParser) -> list[str]:
 def connect(args: argparse.Namespace) -> Iterator[Client]:
     """A client for the command: to --server, or to a server started inside this process (--embedded)."""
     if not args.embedded:
-        with Client(args.server, timeout=args.timeout) as client:
+        try:
+            curve = client_curve(args.server_key, args.client_key)
+        except CurveKeyError as exc:
+            raise CommandError(str(exc)) from None
+        with Client(args.server, timeout=args.timeout, curve=curve) as client:
             try:
                 client.hello()
             except ServerUnavailable:
+                keys = " (or it does not accept this client's key)" if curve is not None else ""
                 raise CommandError(
-                    f"no vst server is running at {client.address}. Start one in another shell with "
+                    f"no vst server is running at {client.address}{keys}. Start one in another shell with "
                     "`vst serve`, or add --embedded to run one inside this command."
                 ) from None
             yield client
@@ -320,7 +373,8 @@ def run_render(args: argparse.Namespace, on_frame: Callable[[int], None] | None 
     try:
         with connect(args) as client:
             job = spec.job(client, source=lambda n: destination.route(footage.load(n)),
-                           in_flight=max(1, args.in_flight), cache=args.skip_existing)
+                           in_flight=max(1, args.in_flight), cache=args.skip_existing,
+                           reconnect=args.reconnect)
             if args.skip_existing:
                 resumed = spec.resume(job.done)
                 if resumed.frames and resumed.frames[0] != spec.frames[0]:

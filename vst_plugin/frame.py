@@ -165,6 +165,9 @@ class FrameLimits:
     max_pixels: int = 16384 * 16384
     max_channels: int = 512
     max_parts: int = 64
+    max_bytes: int = 2 << 30
+    """Bytes of a whole frame on the wire: all its planes together, or the EXR file. It also sets the
+    server's largest message frame (ZeroMQ MAXMSGSIZE), so bigger ones are refused while arriving."""
 
     def check_part(self, width: int, height: int, channels: int, what: str = "frame") -> None:
         """Raise FrameLimitError if a part of this size is over the limits."""
@@ -177,6 +180,11 @@ class FrameLimits:
             )
         if channels > self.max_channels:
             raise FrameLimitError(f"{what}: {channels} channels is over the limit of {self.max_channels}")
+
+    def check_bytes(self, count: int, what: str = "frame") -> None:
+        """Raise FrameLimitError if a frame carries more bytes than allowed."""
+        if count > self.max_bytes:
+            raise FrameLimitError(f"{what}: {count} bytes is over the limit of {self.max_bytes}")
 
     def check_parts(self, count: int, what: str = "frame") -> None:
         """Raise FrameLimitError if a frame has more parts than allowed."""

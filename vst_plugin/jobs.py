@@ -25,8 +25,14 @@ a function of the frame number returning a path); `SequenceJob.run` does the res
   submitted, replies still in flight are abandoned unwritten, and `run` returns with
   `cancelled=True`. Abandoned replies stay queued on the client: close it (or use a fresh one) after
   a cancelled run.
+* **Server restarts** (`reconnect` seconds > 0). When the server stops answering or comes back as a
+  new process (a restart under systemd), the job waits for it with growing pauses, then sends the
+  frames not yet written again, starting with a reset and the pre-roll, so nothing is lost and a
+  temporal sequence resumes settled.
 * **Errors.** A frame that cannot be read, stylized or written stops the job with a `JobError` naming
-  it; frames finished before it stay on disk. `ServerUnavailable` passes through unchanged.
+  it; frames finished before it stay on disk. An input that cannot be read (`InputError`) first lets
+  the frames already on the server finish and writes them, so none of that work is lost.
+  `ServerUnavailable` passes through unchanged.
 """
 
 from __future__ import annotations
@@ -34,19 +40,21 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from vst_plugin.client import Client, Pending, ServerError, VstError
+from vst_plugin.client import Client, Pending, ServerError, ServerUnavailable, VstError
 from vst_plugin.files import describe_os_error, temporary_path
 from vst_plugin.schema import StylizeSettings
 
 __all__ = [
     "ExrBytes",
     "ExrPlanes",
+    "InputError",
     "JobError",
     "JobResult",
     "Plate",
@@ -62,6 +70,10 @@ class JobError(VstError):
     def __init__(self, frame: int, reason: object, preroll: bool = False):
         super().__init__(f"frame {frame}{' (pre-roll)' if preroll else ''}: {reason}")
         self.frame = frame
+
+
+class InputError(JobError):
+    """A frame's input could not be read."""
 
 
 @dataclass(frozen=True)
@@ -199,6 +211,7 @@ class SequenceJob:
         preroll: int = 0,
         sequence: str | None = None,
         cache: bool = False,
+        reconnect: float = 0.0,
     ):
         if in_flight < 1:
             raise ValueError(f"in_flight must be at least 1, not {in_flight}")
@@ -212,6 +225,9 @@ class SequenceJob:
         self.preroll = preroll
         self.sequence = sequence or f"vst-{uuid.uuid4().hex[:12]}"
         self.cache = cache
+        self.reconnect = reconnect
+        self.reconnections = 0
+        """How many times the job waited for the server and went on (it stopped or restarted)."""
         self._settings_text = settings.canonical()
         self._last_sent: int | None = None
         self._sent_any = False
@@ -222,9 +238,42 @@ class SequenceJob:
         progress: Callable[[Progress], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
     ) -> JobResult:
-        """Stylize `frames` in order; return what was rendered, cached, and whether it was cancelled."""
+        """Stylize `frames` in order; return what was rendered, cached, and whether it was cancelled.
+
+        With `reconnect` > 0, a server that stops answering or restarts (ServerUnavailable) is waited
+        for up to that many seconds, then the frames not yet written are sent again, starting with a
+        reset and pre-roll, so a temporal sequence resumes as it would have run.
+        """
         frames = list(frames)
         result = JobResult()
+        todo = frames
+        while True:
+            try:
+                self._run_frames(todo, len(frames), result, progress, cancelled)
+            except ServerUnavailable as exc:
+                self._last_sent = None  # the next frame starts a run: reset and pre-roll on the server
+                if self.reconnect <= 0:
+                    raise
+                done = set(result.rendered) | set(result.cached)
+                todo = [number for number in todo if number not in done]
+                self._wait_for_server(exc)
+                continue
+            except BaseException:
+                self._last_sent = None  # replies may be lost: the next run starts a fresh run
+                raise
+            if result.cancelled:
+                self._last_sent = None
+            return result
+
+    def _run_frames(
+        self,
+        frames: list[int],
+        total: int,
+        result: JobResult,
+        progress: Callable[[Progress], None] | None,
+        cancelled: Callable[[], bool] | None,
+    ) -> None:
+        """Send `frames` (several in flight) and write their results into `result`."""
         flights: deque[_Flight] = deque()
 
         def finish(flight: _Flight) -> None:
@@ -235,13 +284,13 @@ class SequenceJob:
 
         def report(frame: int, cached: bool) -> None:
             if progress is not None:
-                progress(Progress(len(result.rendered) + len(result.cached), len(frames), frame, cached))
+                progress(Progress(len(result.rendered) + len(result.cached), total, frame, cached))
 
         try:
             for number in frames:
                 if cancelled is not None and cancelled():
                     result.cancelled = True
-                    break
+                    return
                 plate = self._load(number)
                 output = self.output(number)
                 key = self._key(number, plate) if self.cache else None
@@ -254,17 +303,34 @@ class SequenceJob:
                 flights.append(self._submit(number, plate, output, key))
                 while len(flights) >= self.in_flight:
                     finish(flights.popleft())
-            while flights and not result.cancelled:
+            while flights:
                 if cancelled is not None and cancelled():
                     result.cancelled = True
-                    break
+                    return
                 finish(flights.popleft())
-        except BaseException:
-            self._last_sent = None  # replies may be lost: the next run starts a fresh run
+        except InputError:
+            while flights:  # the frames sent before the unreadable one are stylized: write them
+                finish(flights.popleft())
             raise
-        if result.cancelled:
-            self._last_sent = None
-        return result
+
+    def _wait_for_server(self, lost: ServerUnavailable) -> None:
+        """Wait (pausing 0.5 s, doubling to 5 s) until the server answers again; re-raise `lost` after
+        `reconnect` seconds."""
+        self.client.reconnect()
+        deadline = time.monotonic() + self.reconnect
+        pause = 0.5
+        while True:
+            try:
+                self.client.hello()
+            except ServerUnavailable:
+                if time.monotonic() + pause > deadline:
+                    raise lost from None
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
+                continue
+            self.client.reconnect()  # drops what the hello may have seen of the old process
+            self.reconnections += 1
+            return
 
     def done(self, number: int) -> bool:
         """True if frame `number`'s output exists and its cache key says it was made from this input and options."""
@@ -285,15 +351,15 @@ class SequenceJob:
         except VstError:
             raise
         except OSError as exc:
-            raise JobError(number, f"cannot read the input: {exc}") from exc
+            raise InputError(number, f"cannot read the input: {exc}") from exc
         except Exception as exc:  # ExrError, a host's render error: their messages name the file
-            raise JobError(number, exc) from exc
+            raise InputError(number, exc) from exc
 
     def _key(self, number: int, plate: Plate) -> str:
         try:
             digest = plate.digest()
         except OSError as exc:
-            raise JobError(number, f"cannot read the input: {exc}") from exc
+            raise InputError(number, f"cannot read the input: {exc}") from exc
         return hashlib.sha256(f"{digest}\n{self._settings_text}".encode()).hexdigest()
 
     def _submit(self, number: int, plate: Plate, output: str | None, key: str | None) -> _Flight:

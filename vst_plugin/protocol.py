@@ -24,7 +24,10 @@ from vst_plugin.frame import (
     pixel_type_of,
     window_size,
 )
-from vst_plugin.schema import OPS, PROTOCOL_VERSION, REPLY_FIELDS, ProtocolError, read_envelope
+from vst_plugin.schema import MAX_REQUEST_ID, OPS, PROTOCOL_VERSION, REPLY_FIELDS, ProtocolError, read_envelope, shown
+
+MAX_HEADER_BYTES = 16 << 20
+"""Largest header frame a server reads (it may carry style pictures as bytes, see docs/protocol.md)."""
 
 
 def is_ipv6(address: str) -> bool:
@@ -61,8 +64,8 @@ def unpack(data: bytes | memoryview) -> dict[str, Any]:
     """Decode a msgpack header map; raise ProtocolError('bad_request') if it is not one."""
     try:
         header = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.UnpackException) as exc:
-        raise ProtocolError("bad_request", f"the header is not valid msgpack ({exc})") from None
+    except Exception as exc:  # msgpack raises ValueError, TypeError (unhashable keys), StackError ...
+        raise ProtocolError("bad_request", f"the header is not valid msgpack ({type(exc).__name__})") from None
     if not isinstance(header, dict):
         raise ProtocolError("bad_request", "the header must be a msgpack map")
     return header
@@ -73,6 +76,11 @@ def request(op: str, request_id: int, **fields: Any) -> dict[str, Any]:
     if op not in OPS:
         raise ValueError(f"unknown op {op!r}")
     return {"v": PROTOCOL_VERSION, "id": request_id, "op": op, **fields}
+
+
+def valid_id(value: Any) -> bool:
+    """True for a request id the protocol allows: an int (not a bool) in 0 .. 2^63-1."""
+    return type(value) is int and 0 <= value <= MAX_REQUEST_ID
 
 
 def reply(req: dict[str, Any], **fields: Any) -> dict[str, Any]:
@@ -86,9 +94,9 @@ def reply(req: dict[str, Any], **fields: Any) -> dict[str, Any]:
 
 def error_reply(req: dict[str, Any] | None, code: str, message: str) -> dict[str, Any]:
     """Build an error reply header; `req` may be None when the request could not be decoded."""
-    req = req or {}
-    request_id = req.get("id") if isinstance(req.get("id"), int) else -1
-    op = req.get("op") if isinstance(req.get("op"), str) else "?"
+    req = req or {}  # repeat only a valid id and a known op, never what a client made up
+    request_id = req.get("id") if valid_id(req.get("id")) else -1
+    op = req.get("op") if isinstance(req.get("op"), str) and req.get("op") in OPS else "?"
     return {
         "v": PROTOCOL_VERSION,
         "id": request_id,
@@ -106,7 +114,10 @@ def decode_request(frames: Sequence[Any]) -> Message:
     """
     if not frames:
         raise ProtocolError("bad_request", "empty message: a request starts with a msgpack header")
-    header = unpack(_buffer(frames[0]))
+    first = _buffer(frames[0])
+    if first.nbytes > MAX_HEADER_BYTES:
+        raise ProtocolError("too_large", f"the header is {first.nbytes} bytes, over {MAX_HEADER_BYTES}")
+    header = unpack(first)
     read_envelope(header)
     return Message(header, [_buffer(frame) for frame in frames[1:]])
 
@@ -121,7 +132,7 @@ def decode_reply(frames: Sequence[Any]) -> Message:
             "version",
             f"the server speaks protocol version {header.get('v')!r}; this plug-in speaks {PROTOCOL_VERSION}",
         )
-    if not isinstance(header.get("id"), int) or not isinstance(header.get("ok"), bool):
+    if type(header.get("id")) is not int or not isinstance(header.get("ok"), bool):
         raise ProtocolError("bad_request", "reply header lacks 'id' or 'ok'")
     return Message(header, [_buffer(frame) for frame in frames[1:]])
 
@@ -181,10 +192,10 @@ def _channel_list(value: Any, what: str) -> list[tuple[str, str]]:
     for entry in value:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise ProtocolError("bad_request", f"{what}: each channel needs a 'name' string and a 'type'")
-        if entry.get("type") not in PIXEL_TYPES:
+        if not isinstance(entry.get("type"), str) or entry["type"] not in PIXEL_TYPES:
             raise ProtocolError(
                 "bad_frame",
-                f"{what} channel {entry['name']!r}: pixel type {entry.get('type')!r} is not one of "
+                f"{what} channel {entry['name'][:80]!r}: pixel type {shown(entry.get('type'))} is not one of "
                 f"{', '.join(PIXEL_TYPES)}",
             )
         channels.append((entry["name"], entry["type"]))
@@ -222,6 +233,10 @@ def parse_frame(header: Any, payload: Sequence[memoryview], limits: FrameLimits)
             raise ProtocolError("too_large", str(exc)) from None
         layouts.append((entry, data_window, display_window, channels, width, height))
     expected = sum(len(layout[3]) for layout in layouts)
+    try:
+        limits.check_bytes(sum(_WIRE_DTYPES[t].itemsize * w * h for _, _, _, c, w, h in layouts for _, t in c))
+    except FrameLimitError as exc:
+        raise ProtocolError("too_large", str(exc)) from None
     if len(payload) != expected:
         raise ProtocolError(
             "bad_frame", f"the frame header lists {expected} channels but {len(payload)} payload frames came"

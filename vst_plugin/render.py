@@ -143,6 +143,7 @@ class RenderSpec:
         in_flight: int = 2,
         sequence: str | None = None,
         cache: bool = False,
+        reconnect: float = 0.0,
     ) -> SequenceJob:
         """The sequence job of this render on `client`.
 
@@ -150,7 +151,8 @@ class RenderSpec:
         without an imaging library); `prepare(frame)` runs first when a host must make the input
         file (Nuke renders its input); `source(frame)` replaces both where a frame is not one file
         (movies, see vst_plugin/footage.py). `sequence` names the server-side sequence (a random id
-        otherwise); `cache` skips frames already rendered from the same input and settings.
+        otherwise); `cache` skips frames already rendered from the same input and settings;
+        `reconnect` is how long to wait for a server that stopped or restarted (SequenceJob).
         """
 
         def from_file(number: int) -> Plate:
@@ -160,7 +162,7 @@ class RenderSpec:
 
         return SequenceJob(
             client, self.settings, source or from_file, self.output_path,
-            in_flight=in_flight, preroll=self.preroll, sequence=sequence, cache=cache,
+            in_flight=in_flight, preroll=self.preroll, sequence=sequence, cache=cache, reconnect=reconnect,
         )
 
     def resume(self, done: Callable[[int], bool]) -> RenderSpec:
@@ -188,8 +190,10 @@ class RenderSpec:
         in_flight: int = 2,
         progress: Callable[[Progress], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
+        reconnect: float = 0.0,
     ) -> JobResult:
         """Check the render and stylize its frames on `client` (pre-roll shortened to what exists)."""
         self.check()
         spec = replace(self, preroll=self.available_preroll())
-        return spec.job(client, in_flight=in_flight).run(self.frames, progress, cancelled)
+        return spec.job(client, in_flight=in_flight, reconnect=reconnect).run(self.frames, progress, cancelled)
+

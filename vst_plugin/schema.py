@@ -11,6 +11,7 @@ or torch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -50,6 +51,9 @@ ERROR_CODES: dict[str, str] = {
     "bad_param": "a model parameter, colour space, highlight policy or layer name is invalid",
     "model_error": "the model failed to load or run",
     "shutting_down": "the server is stopping and accepts no new frames",
+    "busy": "the server's queue of frames is full (its byte budget); send the frame again after a pause",
+    "abandoned": "the client sent nothing (no request, no ping) for the server's client timeout, so its queued "
+                 "frame was dropped without being computed",
     "internal": "a server bug; the message carries the exception",
 }
 """Error codes a reply may carry, with what each means."""
@@ -215,16 +219,24 @@ REQUEST_FIELDS: dict[str, tuple[Field, ...]] = {
 """The fields each op's request carries besides the envelope."""
 
 REPLY_FIELDS: dict[str, tuple[str, ...]] = {
-    "hello": ("server", "protocol", "device", "capabilities"),
+    "hello": ("server", "protocol", "device", "capabilities", "instance"),
     "models": ("models",),
     "stylize": ("frame", "exr", "timing"),
     "reset": ("reset",),
-    "stats": ("uptime_s", "requests", "frames", "errors", "queued", "sequences", "device", "models_loaded",
-              "model_memory_budget"),
+    "stats": ("uptime_s", "requests", "frames", "errors", "queued", "queued_bytes", "queue_bytes", "busy",
+              "abandoned", "sequences", "device", "models_loaded", "model_memory_budget"),
     "unload": ("unloaded",),
-    "ping": (),
+    "ping": ("instance",),
 }
 """The fields each op's success reply carries besides the envelope (`v`, `id`, `op`, `ok`)."""
+
+
+def shown(value: Any) -> str:
+    """A short description of a value a client sent, for an error message: never all of a long value."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        text = repr(value)
+        return text if len(text) <= 80 else text[:77] + "..."
+    return f"a {type(value).__name__}"
 
 
 def read_envelope(header: Mapping[str, Any]) -> tuple[int, str]:
@@ -234,7 +246,7 @@ def read_envelope(header: Mapping[str, Any]) -> tuple[int, str]:
     if isinstance(version, bool) or not isinstance(version, int) or version != PROTOCOL_VERSION:
         raise ProtocolError(
             "version",
-            f"protocol version {version!r} is not supported; this server speaks version {PROTOCOL_VERSION}. "
+            f"protocol version {shown(version)} is not supported; this server speaks version {PROTOCOL_VERSION}. "
             "Update the host plug-in or the server so both match.",
             context,
         )
@@ -243,7 +255,7 @@ def read_envelope(header: Mapping[str, Any]) -> tuple[int, str]:
         raise ProtocolError("bad_request", "the header needs an integer request id 'id' from 0 to 2^63-1", context)
     op = header.get("op")
     if op not in OPS:
-        raise ProtocolError("unknown_op", f"unknown op {op!r}; this server knows {', '.join(OPS)}", context)
+        raise ProtocolError("unknown_op", f"unknown op {shown(op)}; this server knows {', '.join(OPS)}", context)
     return request_id, op
 
 
@@ -326,6 +338,11 @@ class StylizeSettings:
         stay valid.
         """
         wire = self.to_wire()
+        if "params" in wire:  # a picture sent as bytes counts by its digest
+            wire["params"] = {
+                name: {"sha256": hashlib.sha256(value).hexdigest()} if isinstance(value, bytes) else value
+                for name, value in wire["params"].items()
+            }
         wire.setdefault("model", None)
         wire.setdefault("layers", None)
         wire.setdefault("temporal", None)

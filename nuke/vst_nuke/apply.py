@@ -62,7 +62,7 @@ def _work(node: Any, write: Any, current: vst_node.Settings, first: int, last: i
         task.setMessage(f"frame {step.frame} {'unchanged' if step.cached else 'stylized'} ({step.done}/{step.total})")
 
     try:
-        with vst_node.connect(current.address) as client:
+        with vst_node.connect(current.address, current.server_key, current.client_key) as client:
             job = vst_node.make_job(current, client, render_input)
             result = job.run(range(first, last + 1), progress, task.isCancelled)
     except VstError as exc:

@@ -110,7 +110,7 @@ def _job(node: Any) -> SequenceJob:
         _jobs.pop(name)[1].close()
     vst_node.aim_internals(node)
     write = node.node(vst_node.WRITE)
-    client = vst_node.connect(current.address)
+    client = vst_node.connect(current.address, current.server_key, current.client_key)
     job = vst_node.make_job(current, client, lambda number: nuke.execute(write, number, number))
     _jobs[name] = (current, client, job)
     return job

@@ -16,11 +16,13 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import nuke
-from vst_plugin import Client, VstError
+from vst_plugin import Client, ServerUnavailable, VstError
 from vst_plugin.jobs import ExrBytes, SequenceJob
+from vst_plugin.keys import CLIENT_KEY_ENV, SERVER_KEY_ENV, CurveKeyError, client_curve
 from vst_plugin.render import RenderSpec
 from vst_plugin.schema import DEFAULT_COLORSPACE, StylizeSettings, default_address
 
@@ -52,6 +54,10 @@ class Settings:
     address: str
     render: RenderSpec
     """The node's render: its input rendered into the cache folder, stylized beside it (frames set per run)."""
+    server_key: str = ""
+    """The server's public key (Z85 text or server.key file) when it serves with CURVE keys; "" plain."""
+    client_key: str = ""
+    """This workstation's .key_secret file for such a server."""
 
 
 def create() -> Any:
@@ -76,6 +82,8 @@ def create() -> Any:
     schema.setVisible(False)
     group.addKnob(schema)
     group.addKnob(nuke.String_Knob("server", "server", default_address()))
+    group.addKnob(nuke.String_Knob("server_key", "server key", os.environ.get(SERVER_KEY_ENV, "")))
+    group.addKnob(nuke.String_Knob("client_key", "client key file", os.environ.get(CLIENT_KEY_ENV, "")))
     button = nuke.PyScript_Knob("refresh", "Refresh from server", "import vst_nuke.node\n"
                                 "vst_nuke.node.refresh(nuke.thisNode())")
     button.setTooltip("rebuild the controls from the server's models (after starting it or adding models)")
@@ -100,7 +108,7 @@ def refresh_controls(node: Any) -> None:
 
     The server is asked first: when it does not answer, the node keeps the controls it has.
     """
-    with connect(node["server"].value()) as client:
+    with connect(node["server"].value(), *_keys(node)) as client:
         hello, models = client.hello(), [m for m in client.models() if "error" not in m]
     old = {name: knob.value() for name, knob in node.knobs().items()
            if name in _CONTROLS[:4] or name.startswith(PARAM_PREFIX)}
@@ -164,9 +172,22 @@ def _param_knob(param: dict[str, Any]) -> Any:
     return knob
 
 
-def connect(address: str) -> Client:
-    """A client of the server at `address`, which answered `hello`; raises ServerUnavailable."""
-    client = Client(address, timeout=CONNECT_TIMEOUT)
+def _keys(node: Any) -> tuple[str, str]:
+    """The node's server key and client key file ("" for nodes made before these knobs existed)."""
+    return tuple(node[name].value() if name in node.knobs() else "" for name in ("server_key", "client_key"))
+
+
+def connect(address: str, server_key: str = "", client_key: str = "") -> Client:
+    """A client of the server at `address`, which answered `hello`; raises ServerUnavailable.
+
+    With a server key the connection uses CURVE keys (vst_plugin/keys.py); the environment's
+    VST_SERVER_KEY / VST_CLIENT_KEY fill in what the knobs leave empty.
+    """
+    try:
+        curve = client_curve(server_key or None, client_key or None)
+    except CurveKeyError as exc:
+        raise ServerUnavailable(f"cannot use the server key: {exc}") from None
+    client = Client(address, timeout=CONNECT_TIMEOUT, curve=curve)
     try:
         client.hello()
     except BaseException:
@@ -190,12 +211,17 @@ def settings(node: Any) -> Settings:
     params = {}
     for param in schema.get(model, []):
         value = node[PARAM_PREFIX + param["name"]].value()
+        if param["type"] == "image" and value:  # the picture travels with the request: any server can use it
+            try:
+                value = Path(value).expanduser().read_bytes()
+            except OSError as exc:
+                raise NodeError(f"{node.fullName()}: style picture {value}: {exc.strerror or exc}") from None
         params[param["name"]] = int(value) if param["type"] == "int" else value
     settings = StylizeSettings(model, params, node["colorspace"].value(), node["highlights"].value())
     folder = cache_folder(node)
     render = RenderSpec(os.path.join(folder, INPUTS), os.path.join(folder, RESULTS), (), settings,
                         int(node["preroll"].value()))
-    return Settings(node.fullName(), node["server"].value(), render)
+    return Settings(node.fullName(), node["server"].value(), render, *_keys(node))
 
 
 def cache_folder(node: Any) -> str:

@@ -25,7 +25,7 @@ from ..tiling import Plan, default_tile, device_bytes, run_plan
 
 log = logging.getLogger("vst.server")
 
-PARAM_TYPES = ("float", "int", "bool", "choice", "string", "style_mix", "image")  # image: a file path on the server
+PARAM_TYPES = ("float", "int", "bool", "choice", "string", "style_mix", "image")  # image: a picture's bytes or name
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -89,9 +89,11 @@ class Param:
             if self.choices is None or text not in self.choices:
                 raise ParamError(f"{self.name}: {value!r} is not one of {', '.join(self.choices or ())}")
             return text
+        if self.type == "image" and isinstance(value, (bytes, bytearray, Picture)):
+            return value if isinstance(value, Picture) else bytes(value)  # sent in the request, or resolved
         if self.type in ("string", "image"):
             if not isinstance(value, str):
-                raise ParamError(f"{self.name}: expected text, got {value!r}")
+                raise ParamError(f"{self.name}: expected text, got a {type(value).__name__}")
             return value
         return parse_style_mix(self, value)
 
@@ -101,6 +103,10 @@ class Param:
         if not low <= number <= high:
             raise ParamError(f"{self.name}: {number!r} is out of range; use a value from {low} to {high}")
         return number
+
+
+class Picture:
+    """A style picture the server resolved from a request's `image` value (server/style_images.py)."""
 
 
 STRENGTH = Param("strength", "float", 1.0, 0.0, 1.0, help="mix of the stylized result over the input, 0 to 1")

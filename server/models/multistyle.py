@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..tiling import Plan
-from .base import ModelDescriptor, Param
+from .base import ModelDescriptor, ModelError, Param
 from .transformer import ConditionalNorm, StyleTransformer
 
 FAMILY = "multistyle"
@@ -93,7 +93,7 @@ def style_names(metadata: dict[str, Any], count: int) -> tuple[str, ...]:
         or len(set(names)) != count
         or not all(isinstance(n, str) and re.fullmatch(r"[a-z][a-z0-9_]*", n) for n in names)
     ):
-        raise ValueError(f"metadata {STYLE_NAMES_KEY!r} must list {count} distinct lower-case names")
+        raise ModelError(f"metadata {STYLE_NAMES_KEY!r} must list {count} distinct lower-case names")
     return tuple(names)
 
 

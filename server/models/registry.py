@@ -1,7 +1,10 @@
 """Finding, loading and caching models by name.
 
 Names come from three places, earlier ones winning on a clash: ``identity``, the built-in weights
-in ``server/weights``, then the checkpoints in the folders given to `ModelRegistry`, in order. A
+in ``server/weights``, then the checkpoints in the folders given to `ModelRegistry`, in order. A path
+to any checkpoint file is accepted only when the registry allows paths (`vst serve
+--allow-model-paths`, local tools); otherwise a name outside those folders is unknown, whether or not
+such a file exists, and error messages never quote what a file holds. A
 checkpoint's family is found by asking each module in `FAMILIES` whether it recognises the keys.
 A ``.json`` recipe names its family and the checkpoints it combines (relative to its folder); the
 family's ``load_recipe(recipe, folder)`` builds it.
@@ -68,8 +71,10 @@ class ModelRegistry:
         device: str | torch.device = "cpu",
         memory_budget: int = 4 << 30,
         half: bool | None = None,
+        allow_paths: bool = False,
     ):
         self.folders = tuple(Path(folder) for folder in folders)
+        self.allow_paths = allow_paths
         for folder in self.folders:
             if not folder.is_dir():
                 raise ModelError(f"model folder {folder} does not exist or is not a folder")
@@ -122,7 +127,10 @@ class ModelRegistry:
 
     def unload(self, name: str) -> bool:
         """Drop the loaded model of that name (as `loaded` lists it) or file; False if none is loaded."""
-        path = str(Path(name).resolve())
+        try:  # a loaded model's key is its file's resolved path; only loaded models can match
+            path = str(Path(name).resolve())
+        except (OSError, ValueError, RuntimeError):
+            path = None
         with self._lock:
             for key, model in self._loaded.items():
                 if name == model.name or key == path:
@@ -154,17 +162,33 @@ class ModelRegistry:
         """Return (cache key, checkpoint file or None for identity) for a name or a file path."""
         if name_or_path == IDENTITY:
             return IDENTITY, None
-        path = self._checkpoints().get(name_or_path)
-        if path is None and Path(name_or_path).is_file():
+        path = self._checkpoints().get(name_or_path) or self._in_folders(name_or_path)
+        if path is None and self.allow_paths and _is_file(name_or_path):
             path = Path(name_or_path)
         if path is None:
             searched = ", ".join(str(folder) for folder in (BUILTIN_DIR, *self.folders))
+            how = "a path to a checkpoint file works too" if self.allow_paths else (
+                "other files load only from the server's model folders (vst serve --models-dir)"
+            )
             raise UnknownModelError(
-                f"no model named {name_or_path!r}; available: {', '.join(self.available())} "
-                f"(searched {searched}; a path to a checkpoint file works too)"
+                f"no model named {name_or_path[:100]!r}; available: {', '.join(self.available())} "
+                f"(searched {searched}; {how})"
             )
         path = path.resolve()
         return str(path), path
+
+    def _in_folders(self, path: str) -> Path | None:
+        """The checkpoint a path names when it is a file inside one of the model folders."""
+        for folder in self.folders:
+            try:
+                resolved = (folder / path).resolve()
+            except (OSError, ValueError, RuntimeError):
+                return None
+            if resolved.is_relative_to(folder.resolve()) and resolved.suffix in CHECKPOINT_SUFFIXES and _is_file(
+                str(resolved)
+            ):
+                return resolved
+        return None
 
     def _dtype(self, descriptor: ModelDescriptor) -> torch.dtype:
         half = self.device.type == "cuda" if self.half is None else self.half
@@ -184,38 +208,59 @@ class ModelRegistry:
             )
 
 
+def _is_file(name: str) -> bool:
+    """Whether a name is the path of a file (False for names no file system accepts)."""
+    try:
+        return Path(name).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _load(path: Path) -> ModelDescriptor:
-    """Read a checkpoint and build it with the first family that recognises its keys."""
-    if path.suffix == RECIPE_SUFFIX:
-        return _load_recipe(path)
-    state_dict = read_state_dict(path)
-    for family in FAMILIES:
-        if family.detect(state_dict):
-            try:
-                return family.load(state_dict)
-            except (KeyError, RuntimeError, ValueError) as error:
-                raise ModelError(
-                    f"{path} looks like a {family.FAMILY} checkpoint but does not fit that architecture: "
-                    f"{error}"
-                ) from None
-    families = ", ".join(family.FAMILY for family in FAMILIES)
-    keys = ", ".join(list(state_dict)[:5])
-    raise UnknownModelError(
-        f"{path}: no model family recognises this checkpoint (tried {families}); its first keys are {keys}"
-    )
+    """Read a checkpoint and build it with the first family that recognises its keys.
+
+    Whatever the file holds, the outcome is a model or a ModelError naming the file, never another
+    exception and never a quote of the file's contents (the detail goes to the server's log).
+    """
+    try:
+        if path.suffix == RECIPE_SUFFIX:
+            return _load_recipe(path)
+        state_dict = read_state_dict(path)
+        family = next((family for family in FAMILIES if family.detect(state_dict)), None)
+        if family is None:
+            families = ", ".join(family.FAMILY for family in FAMILIES)
+            raise UnknownModelError(
+                f"{path.name}: no model family recognises this checkpoint's {len(state_dict)} tensors "
+                f"(tried {families})"
+            )
+        try:
+            return family.load(state_dict)
+        except ModelError:
+            raise  # the family's own message says what is wrong
+        except Exception as error:
+            log.info("%s does not fit %s: %s", path, family.FAMILY, error)
+            raise ModelError(
+                f"{path.name} looks like a {family.FAMILY} checkpoint but its tensors do not fit that "
+                "architecture (details in the server log)"
+            ) from None
+    except ModelError:
+        raise
+    except Exception as error:
+        log.info("cannot read %s: %r", path, error)
+        raise ModelError(f"cannot read {path.name}: not a model checkpoint, or damaged") from None
 
 
 def _load_recipe(path: Path) -> ModelDescriptor:
     """Build a model from a JSON recipe with the family it names."""
     try:
         recipe = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelError(f"cannot read recipe {path}: {error}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise ModelError(f"cannot read recipe {path.name}: not a JSON file, or damaged") from None
     takers = {family.FAMILY: family for family in FAMILIES if hasattr(family, "load_recipe")}
     name = recipe.get("family") if isinstance(recipe, dict) else None
-    if name not in takers:
+    if not isinstance(name, str) or name not in takers:
         raise UnknownModelError(
-            f"{path}: a recipe is a JSON object whose 'family' is one of {', '.join(takers)} (got {name!r})"
+            f"{path.name}: a recipe is a JSON object whose 'family' is one of {', '.join(takers)}"
         )
     return takers[name].load_recipe(recipe, path.parent)
 
@@ -225,10 +270,10 @@ _default_lock = threading.Lock()
 
 
 def load_model(path_or_name: str, device: str | torch.device = "cpu") -> StyleModel:
-    """Load a model by name or checkpoint path, through a shared registry for that device."""
+    """Load a model by name or checkpoint path, through a shared registry for that device (local use)."""
     resolved = resolve_device(device)
     with _default_lock:
         if resolved not in _default_registries:
-            _default_registries[resolved] = ModelRegistry(device=resolved)
+            _default_registries[resolved] = ModelRegistry(device=resolved, allow_paths=True)
         registry = _default_registries[resolved]
     return registry.get(path_or_name)

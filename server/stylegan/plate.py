@@ -350,10 +350,12 @@ def recipe_descriptor(recipe: dict[str, Any], folder: Path) -> ModelDescriptor:
             f"a stylegan2 recipe needs 'base' (a checkpoint file name) and may have 'style', 'encoder' and 'vgg'; "
             f"{'it has unknown keys ' + ', '.join(unknown) if unknown else 'it has no base'}"
         )
+    if not all(isinstance(recipe[key], str) for key in RECIPE_KEYS[1:] if recipe.get(key)):
+        raise ModelError("a stylegan2 recipe names its checkpoints as file names (strings)")
     files = {key: folder / recipe[key] for key in RECIPE_KEYS[1:] if recipe.get(key)}
     for key, path in files.items():
-        if not path.is_file():
-            raise ModelError(f"recipe {key} {path} does not exist (paths are relative to the recipe's folder)")
+        if not path.resolve().is_relative_to(folder.resolve()) or not path.is_file():
+            raise ModelError(f"the recipe's {key} is not a file in the recipe's folder (names are relative to it)")
     read = {path: read_state_dict(path) for path in set(files.values()) if path != files.get("vgg")}
     generators = {}
     for key in ("base", "style"):
