@@ -3,7 +3,7 @@
 -- encode(value) -> string; decode(string) -> value. Lua tables become msgpack arrays when their keys
 -- are exactly 1..n (n >= 1) and maps otherwise; `array(t)` marks a table (even an empty one) as an
 -- array. Integral numbers within +-2^53 encode as integers, other numbers as float64. Strings encode
--- as msgpack str. Decoding accepts every msgpack type except ext; bin decodes to a string, nil to
+-- as msgpack str; `binary(s)` marks a string as msgpack bin (raw bytes, such as a file's). Decoding accepts every msgpack type except ext; bin decodes to a string, nil to
 -- `nil` (in a map the key is then absent, as Lua tables cannot hold nil).
 
 local M = {}
@@ -115,9 +115,24 @@ local function encode_integer(out, value)
   end
 end
 
+local BINARY = {}
+
+--- Mark a Lua string as raw bytes (msgpack bin, such as a file's contents) instead of text (str).
+function M.binary(data)
+  return setmetatable({ data = data }, BINARY)
+end
+
 encode_into = function(out, value)
   local kind = type(value)
-  if value == nil then
+  if kind == "table" and getmetatable(value) == BINARY then
+    local length = #value.data
+    if length < 256 then
+      out[#out + 1] = "\196" .. char(length)
+    else
+      encode_length(out, length, 0, -1, 197, 198)
+    end
+    out[#out + 1] = value.data
+  elseif value == nil then
     out[#out + 1] = "\192"
   elseif kind == "boolean" then
     out[#out + 1] = value and "\195" or "\194"

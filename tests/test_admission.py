@@ -60,17 +60,17 @@ def test_oversize_messages_are_refused_while_arriving(vst_server) -> None:
 
 
 def test_queued_frames_of_a_client_gone_silent_are_dropped(vst_server) -> None:
-    frame = noise_frame(512, 0)
+    frame, total = noise_frame(768, 0), 16  # far more work than the server does in the 1 s timeout
     with vst_server("--client-timeout", "1") as address:
         gone = Client(address, timeout=60)
-        for _ in range(6):
+        for _ in range(total):
             gone.submit(frame, params={"style": 5})
-        assert gone.stats()["queued"] >= 5  # the server has them all
+        assert gone.stats()["queued"] >= total - 1  # the server has them all
         gone.close()  # the client went away without waiting: nobody pings for these frames
         with Client(address, timeout=60) as client:
             deadline = time.monotonic() + 120
             while (stats := client.stats())["queued"]:
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
-            assert stats["abandoned"] >= 3 and stats["frames"] <= 3
+            assert stats["abandoned"] >= total // 2 and stats["frames"] <= total - stats["abandoned"]
             assert client.stylize(noise_frame(32, 1), model="identity").parts[0].channels["R"].shape == (32, 32)

@@ -233,6 +233,30 @@ def test_bad_parameter_shows_the_servers_message(fuse_env: str, plates: str) -> 
     assert tool.render(1) is not None
 
 
+def test_style_image_is_sent_as_its_bytes(fuse_env: str, plates: str, tmp_path: Path) -> None:
+    import OpenImageIO as oiio
+
+    part = plate_part(plates, 2)
+    picture = tmp_path / "paintover.png"  # a picture the server has no folder for: only its bytes reach it
+    rgb = np.clip(np.stack([part.channels[c].astype(np.float32) for c in "RGB"], axis=-1), 0, 1) ** (1 / 2.2)
+    assert oiio.ImageBuf(np.ascontiguousarray(rgb)).write(str(picture), "uint8")
+    tool = FuseTool()
+    tool.connect(plate_part(plates, 1))
+    tool.set("StyleImage", str(picture))
+    out = tool.render(1)
+    assert out is not None, tool.console
+    styled = tool.planes(out, plate_part(plates, 1))
+    with Client(fuse_env, timeout=60) as client:
+        reference = client.stylize(rgba_frame(plate_part(plates, 1)), model="arbitrary",
+                                   params={"style_image": picture.read_bytes(), "strength": 1.0},
+                                   colorspace=DEFAULT_COLOURSPACE).parts[0]
+    for channel in "RGB":
+        np.testing.assert_allclose(styled[channel], reference.channels[channel], rtol=0, atol=1e-5)
+    tool.set("StyleImage", str(tmp_path / "missing.png"))
+    assert tool.render(1) is None
+    assert "cannot read the style image" in tool.status and "missing.png" in tool.status
+
+
 def test_temporal_sequence_matches_the_python_client(fuse_env: str, plates: str) -> None:
     parts = {n: plate_part(plates, n) for n in (1, 2, 3)}
     tool = FuseTool()
@@ -343,6 +367,9 @@ def test_lua_msgpack_round_trips_with_python_msgpack(value) -> None:
     if "nested" in expected:  # Lua tables cannot hold nil: a nil map value disappears
         expected["nested"] = [[1, [2, {}]], True, False]
     assert decoded == expected
-    # float32 and bin, which the Lua encoder never writes, decode too
+    # float32, which the Lua encoder never writes, and bin decode too
     assert pack.decode(b"\xca\x3f\xc0\x00\x00") == 1.5
     assert pack.decode(msgpack.packb(b"\x00\xff", use_bin_type=True)) == b"\x00\xff"
+    # a string marked binary (a style picture's bytes) encodes as bin, at every length
+    for raw in (b"\x00\xff", b"\x89PNG" * 100, b"\x01" * 70000):
+        assert msgpack.unpackb(pack.encode(pack.binary(raw))) == raw

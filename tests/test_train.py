@@ -87,7 +87,7 @@ def rgb_of(path: Path) -> np.ndarray:
 
 
 def test_training_writes_a_model_the_registry_loads_with_its_settings(trained: Path):
-    model = ModelRegistry().get(str(trained))
+    model = ModelRegistry(allow_paths=True).get(str(trained))
     assert model.family == "keyframe" and model.size_multiple == 4
     assert model.info["trained_steps"] == "150" and model.info["keyframes"] == "1"
     assert model.info["highlights"] == "preserve" and model.info["trained_by"] == "vst train keyframes"
@@ -118,7 +118,7 @@ def test_a_real_server_paints_the_other_frames_like_the_keyframe(shot, trained, 
 
 
 def test_the_trained_model_tiles_and_exports(shot, trained, tmp_path):
-    model = ModelRegistry().get(str(trained))
+    model = ModelRegistry(allow_paths=True).get(str(trained))
     rgb = torch.rand(1, 3, 70, 90)
     assert (model.stylize(rgb, tile=32) - model.stylize(rgb)).abs().max() < 1e-5
     plate = rgb_of(shot / "plates/plate.0002.exr")
@@ -156,13 +156,13 @@ def test_the_seed_repeats_a_run_and_resume_continues_it(shot, tmp_path):
     first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     for output in (first, second):
         assert train(shot, output, "--steps", "10", "--seed", "3", "--preview-every", "0") == 0
-    a, b = ModelRegistry().get(str(first)), ModelRegistry().get(str(second))
+    a, b = ModelRegistry(allow_paths=True).get(str(first)), ModelRegistry(allow_paths=True).get(str(second))
     assert all(torch.equal(x, y) for x, y in zip(a._module.state_dict().values(), b._module.state_dict().values(),
                                                   strict=True))
     state = tmp_path / "a.safetensors.train-state"
     assert state.is_file()
     assert train(shot, first, "--steps", "25", "--seed", "3", "--resume", str(state), "--preview-every", "0") == 0
-    resumed = ModelRegistry().get(str(first))
+    resumed = ModelRegistry(allow_paths=True).get(str(first))
     assert resumed.info["trained_steps"] == "25"
     assert not torch.equal(resumed._module.tail.weight, b._module.tail.weight)
     assert torch.load(state, weights_only=True)["step"] == 25
@@ -181,7 +181,7 @@ def test_default_settings_train(shot, tmp_path):
     code = main(["train", "keyframes", str(shot / "plates/plate.####.exr"), str(shot / "painted/painted.####.exr"),
                  "--frames", "1", "-o", str(output), "--steps", "3"])
     assert code == 0
-    assert ModelRegistry().get(str(output)).info["patch"] == "64"
+    assert ModelRegistry(allow_paths=True).get(str(output)).info["patch"] == "64"
 
 
 def tiny_vgg(path: Path) -> Path:
@@ -206,7 +206,7 @@ def test_train_style_writes_a_fast_neural_style_model(shot, tmp_path):
                  "--vgg", str(tiny_vgg(tmp_path / "vgg.pth")), "--steps", "4", "--adversarial-weight", "0.1",
                  "--temporal-weight", "1", *STYLE_SMALL])
     assert code == 0
-    model = ModelRegistry().get(str(output))
+    model = ModelRegistry(allow_paths=True).get(str(output))
     assert model.family == "fast_neural_style" and model.info["trained_by"] == "vst train style"
     assert model.info["temporal_weight"] == "1.0" and model.stylize(torch.rand(1, 3, 40, 52)).shape == (1, 3, 40, 52)
 
