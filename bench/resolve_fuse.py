@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,8 +31,8 @@ sys.path.insert(0, str(ROOT / "tests" / "fake_fusion"))
 
 from fuse_tool import FuseTool, lupa  # noqa: E402
 
-from bench.common import cpu_name  # noqa: E402
-from vst_plugin import Client, Frame, Part, ServerUnavailable  # noqa: E402
+from bench.common import cpu_name, start_server  # noqa: E402
+from vst_plugin import Client, Frame, Part  # noqa: E402
 from vst_plugin.install import bundled_libzmq  # noqa: E402
 
 LOOPS = b"""
@@ -60,19 +59,6 @@ local t3 = clock()
 return t1 - t0, t2 - t1, t3 - t2
 """
 
-
-def start_server(address: str, device: str) -> subprocess.Popen:
-    vst = str(Path(sys.executable).parent / "vst")
-    process = subprocess.Popen([vst, "serve", "--bind", address, "--device", device])
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with Client(address, timeout=2, heartbeat=0.5) as client:
-                client.hello()
-            return process
-        except ServerUnavailable:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("vst serve did not start") from None
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vst_plugin import Client, Frame, Part, ServerUnavailable  # noqa: E402
+from bench.common import start_server  # noqa: E402
+from vst_plugin import Client, Frame, Part  # noqa: E402
 from vst_plugin.exr import write_exr  # noqa: E402
 from vst_plugin.jobs import ExrBytes, ExrPlanes, SequenceJob  # noqa: E402
 from vst_plugin.schema import StylizeSettings  # noqa: E402
@@ -48,19 +48,6 @@ def make_plates(folder: Path, count: int, width: int, height: int) -> None:
                     attributes={"compression": "zip"})
         write_exr(Frame([part]), folder / f"plate.{number:04d}.exr")
 
-
-def start_server(address: str, device: str) -> subprocess.Popen:
-    vst = str(Path(sys.executable).parent / "vst")
-    process = subprocess.Popen([vst, "serve", "--bind", address, "--device", device])
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with Client(address, timeout=2, heartbeat=0.5) as client:
-                client.hello()
-            return process
-        except ServerUnavailable:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"vst serve did not start (exit code {process.poll()})") from None
 
 
 def run(address: str, folder: Path, frames: list[int], options: StylizeSettings, kind: type, depth: int) -> float:
