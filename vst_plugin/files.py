@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import re
 import secrets
 import socket
 
-__all__ = ["temporary_path", "remove_stale_temporaries", "describe_os_error", "write_failure"]
+__all__ = ["temporary_path", "remove_stale_temporaries", "remove_temporaries", "describe_os_error", "write_failure"]
 
 _HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
 _TEMPORARY = re.compile(r"\.(?P<name>.+)\.tmp-(?:(?P<host>[A-Za-z0-9_.]+)-)?(?P<pid>[0-9]+)-[0-9a-f]{8}(?:\.[^.]*)?")
@@ -26,7 +27,12 @@ def temporary_path(target: str) -> str:
     """A fresh temporary name beside `target` (same folder, same extension)."""
     directory, name = os.path.split(os.path.abspath(target))
     extension = os.path.splitext(name)[1]
-    return os.path.join(directory, f".{name}.tmp-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{extension}")
+    return os.path.join(directory, f"{_prefix(name)}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{extension}")
+
+
+def _prefix(name: str) -> str:
+    """How every temporary name of the file `name` begins."""
+    return f".{name}.tmp-"
 
 
 def _running(pid: int) -> bool:
@@ -60,6 +66,20 @@ def remove_stale_temporaries(directory: str) -> list[str]:
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
             removed.append(path)
+    return removed
+
+
+def remove_temporaries(target: str) -> int:
+    """Delete every temporary file of `target`, whoever wrote it; returns how many.
+
+    Only for a job known to be finished: a writer still running would lose its file.
+    """
+    directory, name = os.path.split(os.path.abspath(target))
+    removed = 0
+    for leftover in glob.glob(os.path.join(glob.escape(directory), glob.escape(_prefix(name)) + "*")):
+        with contextlib.suppress(OSError):
+            os.remove(leftover)
+            removed += 1
     return removed
 
 

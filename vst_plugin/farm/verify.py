@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import glob
 import os
 from collections.abc import Callable
 
 from vst_plugin.exr import ExrError, read_exr
+from vst_plugin.files import remove_temporaries
 
 
 def problems(output: Callable[[int], str], frames: list[int]) -> dict[int, str]:
@@ -29,18 +29,9 @@ def problems(output: Callable[[int], str], frames: list[int]) -> dict[int, str]:
 
 
 def remove_leftovers(output: Callable[[int], str], frames: list[int]) -> int:
-    """Remove the temporary files writers killed mid-frame left beside the frames (`.NAME.tmp-*`); return
-    how many. Only for a finished job: a writer still running would lose its file."""
-    removed = 0
-    for number in frames:
-        directory, name = os.path.split(os.path.abspath(output(number)))
-        for leftover in glob.glob(os.path.join(glob.escape(directory), f".{glob.escape(name)}.tmp-*")):
-            try:
-                os.remove(leftover)
-                removed += 1
-            except OSError:
-                pass
-    return removed
+    """Remove the temporary files writers killed mid-frame left beside the frames; return how many.
+    Only for a finished job: a writer still running would lose its file."""
+    return sum(remove_temporaries(output(number)) for number in frames)
 
 
 def report(found: dict[int, str], total: int) -> str:
