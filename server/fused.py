@@ -33,11 +33,13 @@ class Fused:
         self._compiled: Callable[..., Any] | None = None
         self._ready: set[Hashable] = set()
         self._pending: set[Hashable] = set()
-        self._failed = not ENABLED
+        self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
+        self.eager = not ENABLED
+        """Run op by op: compiling is disabled (`VST_COMPILE=0`) or failed (a benchmark may set it too)."""
 
     def __call__(self, *args: Any) -> Any:
-        if self._failed:
+        if self.eager:
             return self._eager(*args)
         key = _signature(args)
         if key in self._ready:
@@ -47,19 +49,46 @@ class Fused:
             self._pending.add(key)
             if self._compiled is None:
                 self._compiled = torch.compile(self._eager, dynamic=True)
-        if start:
-            threading.Thread(target=self._compile, args=(key, args), name="vst-compile", daemon=True).start()
+            if start:
+                thread = threading.Thread(target=self._compile, args=(key, args), name="vst-compile", daemon=True)
+                self._threads.append(thread)
+                thread.start()
         return self._eager(*args)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the compilations started so far; True when every signature seen runs compiled."""
+        for thread in list(self._threads):
+            thread.join(timeout)
+        return not self.eager and bool(self._pending) and self._pending <= self._ready
 
     def _compile(self, key: Hashable, args: tuple[Any, ...]) -> None:
         try:
             self._compiled(*args)
-        except Exception as exc:  # a node without a compiler: stay eager
-            log.warning("%s: torch.compile failed (%s); running it op by op", self._eager.__name__, exc)
-            self._failed = True
+        except Exception as exc:  # a node without a C++ compiler: stay eager
+            self.eager = True
+            _log_failure(exc)
             return
         self._ready.add(key)
         log.info("%s: compiled for %s", self._eager.__name__, key)
+
+
+_FAILURE_LOCK = threading.Lock()
+_failure_logged = False
+
+
+def _log_failure(exc: Exception) -> None:
+    """One warning per process, whichever stage fails first (they all fail alike without a compiler)."""
+    global _failure_logged
+    with _FAILURE_LOCK:
+        if _failure_logged:
+            return
+        _failure_logged = True
+    reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    log.warning(
+        "pipeline stages: torch.compile failed (%s: %s); they run op by op, several times slower on a CPU; "
+        "install a C++ compiler (g++, or name one in $CXX) for the fused stages",
+        type(exc).__name__, reason,
+    )
 
 
 def _signature(args: tuple[Any, ...]) -> Hashable:

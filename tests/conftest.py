@@ -17,6 +17,10 @@ import pytest
 SHARED = Path(os.environ.get("VST_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
 """../shared beside the repository; VST_SHARED names it elsewhere (a git worktree's checkout)."""
 
+DEVICE = os.environ.get("VST_TEST_DEVICE", "cpu")
+"""Where test servers and the pipeline tests run: cpu here and in CI; `VST_TEST_DEVICE=cuda` on a GPU machine
+(bench/gpu_check.sh)."""
+
 # Pipeline stages stay eager in tests (and in the servers they start): background torch.compile runs
 # take tens of seconds of CPU; bench/pipeline.py checks the compiled stages against the eager ones.
 os.environ.setdefault("VST_COMPILE", "0")
@@ -46,6 +50,12 @@ def short_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
+def device() -> str:
+    """The device of the models and servers under test (DEVICE)."""
+    return DEVICE
+
+
+@pytest.fixture(scope="session")
 def free_address() -> Callable[[], str]:
     """A function returning a loopback tcp address nobody listens on."""
     return _free_address
@@ -70,7 +80,7 @@ def running_server_process(
     """
     address = address or _free_address()
     vst = str(Path(sys.executable).parent / "vst")
-    process = subprocess.Popen([vst, "serve", *(["--bind", address] if bind else []), "--device", "cpu", *options])
+    process = subprocess.Popen([vst, "serve", *(["--bind", address] if bind else []), "--device", DEVICE, *options])
     try:
         wait_for_server(probe or address, process, **client_options)
         yield address, process
@@ -96,13 +106,13 @@ def wait_for_server(address: str, process: subprocess.Popen, **client_options: o
 
 @pytest.fixture(scope="session")
 def vst_server() -> Callable[..., contextlib.AbstractContextManager[str]]:
-    """`with vst_server("--models-dir", d, address=None) as address:` runs a real server of its own (CPU)."""
+    """`with vst_server("--models-dir", d, address=None) as address:` runs a real server of its own (on DEVICE)."""
     return _running_server
 
 
 @pytest.fixture(scope="session")
 def server_address() -> Iterator[str]:
-    """Address of a real `vst serve` process (CPU) shared by the tests of a session."""
+    """Address of a real `vst serve` process (on DEVICE) shared by the tests of a session."""
     with _running_server() as address:
         yield address
 
