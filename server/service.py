@@ -24,6 +24,7 @@ from server.admission import ByteBudget, ClientClock
 from server.colour import ColourSpaces
 from server.errors import error_reply
 from server.models import ModelRegistry, resolve_device
+from server.pipeline import warm_up
 from server.sessions import SessionStore
 from server.style_images import StyleImageAccess
 from server.temporal import MotionAnalysis
@@ -212,6 +213,7 @@ class Server:
             self.style_images, self.budget, self.clients,
         )
         self._worker.start()
+        warm_up(self.device)  # the fused pipeline stages compile in the background from now on
         log.info("vst server on %s (device %s, OCIO config %s)", self.endpoint, self.device, self.colours.config_name)
         return self.endpoint
 

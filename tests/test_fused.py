@@ -1,9 +1,9 @@
 """The pipeline stages fused by torch.compile (server/fused.py) against the same stages run op by op.
 
 The rest of the suite keeps every stage eager (VST_COMPILE=0 in conftest.py); here the real stages are
-compiled once at a small size, in a scratch inductor cache, and must give what the eager stages give on
-plates with the hard cases: alpha 0, highlights, negative values, NaN and infinities. A node without a
-C++ compiler must fall back to the eager stages with one log line.
+compiled by a server's warm-up, in a scratch inductor cache, and a plate with the hard cases (alpha 0,
+highlights, negative values, NaN and infinities) must come back exactly as the eager stages give it. A
+node without a C++ compiler must fall back to the eager stages with one log line.
 """
 
 from __future__ import annotations
@@ -14,12 +14,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from test_pipeline import plate, through_network
 
-from server import fused
-from server.colour import shape_back, shape_for_network
-from server.pipeline import _assemble, _finish
+from server import fused, pipeline
+from server.colour import ColourSpaces, shape_back, shape_for_network
+from server.pipeline import _assemble, _finish, stylize_planes
+from vst_plugin.schema import StylizeSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,35 +37,35 @@ def compiling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     torch._dynamo.reset()
 
 
-def _plate(dtype: torch.dtype) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Three 12x10 colour planes with every hard case, and an alpha with zeros."""
-    generator = torch.Generator().manual_seed(3)
-    planes = [torch.rand(12, 10, generator=generator) * 6 - 1 for _ in range(3)]
-    planes[0][0, :4] = torch.tensor([float("nan"), float("inf"), -float("inf"), 65000.0])
-    planes[1][1, :3] = torch.tensor([0.0, 1.0, 0.0031308])
-    alpha = torch.rand(12, 10, generator=generator)
-    alpha[2] = 0
-    alpha[3, :2] = torch.tensor([-0.5, 1.0])
-    return [plane.to(dtype) for plane in planes], alpha.to(dtype)
-
-
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="no C++ compiler (g++/c++) on this machine: torch.compile cannot build CPU kernels, "
                     "and the server runs the stages op by op")
 @pytest.mark.usefixtures("compiling")
-def test_compiled_stages_equal_the_eager_stages() -> None:
-    planes, alpha = _plate(torch.float16)  # the plate's planes; the stages between work in float32
-    plate, work = _assemble(*planes, alpha)
+def test_compiled_stages_equal_the_eager_stages(monkeypatch: pytest.MonkeyPatch) -> None:
+    stages = {"ASSEMBLE": _assemble, "SHAPE": shape_for_network, "SHAPE_BACK": shape_back, "FINISH": _finish}
+    for name, function in stages.items():
+        monkeypatch.setattr(pipeline, name, fused.Fused(function))
+    fresh = [getattr(pipeline, name) for name in stages]
+    pipeline.warm_up(torch.device("cpu"))  # what a server does when it starts
+    assert all(stage.join(timeout=300) for stage in fresh), "the warm-up did not compile every stage"
+
+    rgb, alpha = plate(np.float16, seed=4)  # highlights, alpha 0 holes, negative values
+    rgb[0][1, 1], rgb[1][2, 2], rgb[2][3, 3], rgb[0][4, 4] = np.nan, np.inf, -np.inf, -0.5
+    args = (rgb, alpha, through_network("cpu"), {}, StylizeSettings("x", colorspace="ACEScg"), ColourSpaces())
+    compiled = stylize_planes(*args)
+    assert all(len(stage._pending) == 1 for stage in fresh), "the plate needed other compiled code than the warm-up's"
+    for stage in fresh:
+        stage.eager = True
+    eager = stylize_planes(*args)
+    for ours, theirs in zip(compiled, eager, strict=True):
+        assert ours.dtype == np.float16
+        np.testing.assert_array_equal(ours, theirs)
+
+    # the other highlight policy, stage by stage
+    _, work = _assemble(*(torch.from_numpy(plane) for plane in (*rgb, alpha)))
     encoded, ceiling = shape_for_network(work, "compress", True)
-    stages = [
-        (_assemble, (*planes, alpha)),
-        (shape_for_network, (work, "preserve", True)),
-        (shape_for_network, (work, "compress", True)),
-        (shape_back, (encoded.flip(3), work, ceiling, "preserve", True)),
-        (shape_back, (encoded.flip(3), work, ceiling, "compress", True)),
-        (_finish, (work.flip(2), plate, alpha, torch.float16, torch.float16, torch.float16)),
-    ]
-    for function, args in stages:
+    for function, args in ((shape_for_network, (work, "compress", True)),
+                           (shape_back, (encoded.flip(3), work, ceiling, "compress", True))):
         stage = fused.Fused(function)
         first = stage(*args)  # eager while a background thread compiles
         assert stage.join(timeout=300), f"{function.__name__} did not compile"
