@@ -48,7 +48,7 @@ from bench.model import real_frame  # noqa: E402
 from server import fused  # noqa: E402
 from server.colour import ColourSpaces, srgb_encode  # noqa: E402
 from server.export import PlanNetwork  # noqa: E402
-from server.models import identity, load_model  # noqa: E402
+from server.models import ModelRegistry, identity, load_model  # noqa: E402
 from server.models.base import StyleModel  # noqa: E402
 from server.pipeline import ASSEMBLE, FINISH, SHAPE, SHAPE_BACK, stylize_planes  # noqa: E402
 from vst_plugin import Client, Frame, Part  # noqa: E402
@@ -155,12 +155,13 @@ def stages_section(repeats: int) -> None:
         print(f"GPU memory peak (stages): {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
 
 
-def family_models(on: torch.device) -> dict[str, tuple[StyleModel, dict]]:
-    """multistyle26, a pytorch/examples fast_neural_style network (random weights: same cost), arbitrary."""
+def family_models() -> dict[str, tuple[str, dict]]:
+    """Name or checkpoint path and parameters of multistyle26, a pytorch/examples fast_neural_style network
+    (random weights: same cost) and arbitrary."""
     return {
-        "multistyle26": (load_model("multistyle26", on), {"style": 19}),
-        "fast_neural_style": (load_model(str(fast_neural_style_folder() / FAST_NEURAL_STYLE), on), {}),
-        "arbitrary": (load_model("arbitrary", on), {"style_image": STYLE_IMAGE}),
+        "multistyle26": ("multistyle26", {"style": 19}),
+        "fast_neural_style": (str(fast_neural_style_folder() / FAST_NEURAL_STYLE), {}),
+        "arbitrary": ("arbitrary", {"style_image": STYLE_IMAGE}),
     }
 
 
@@ -208,7 +209,8 @@ def network_section(repeats: int) -> None:
     frame = real_frame(width, height)  # 1920x1080: a multiple of 4 in both sides, no padding
     bare, weights = bare_original()
     small = real_frame(960, 540)  # float64 convolutions at 1080p need tens of GB: errors are measured at 540p
-    for family, (model, params) in family_models(on).items():
+    for family, (source, params) in family_models().items():
+        model = load_model(source, on)
         reference = float64_run(model, params, small) if on.type == "cpu" else None
         runtimes: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         onnx = model._onnx
@@ -231,25 +233,26 @@ def network_section(repeats: int) -> None:
                 f", vs float64 at 540p {float((run(small).cpu() - reference).abs().max()):.1e}")
             print(f"{family} 1080p {name}: {median_ms(lambda run=run: run(frame), repeats):.0f} ms{error}", flush=True)
         if on.type == "cuda":
-            gpu_rates(family, model, params, repeats)
+            gpu_rates(family, source, params, repeats)
 
 
-def gpu_rates(family: str, model: StyleModel, params: dict, repeats: int) -> None:
-    half = model.supports_half
+def gpu_rates(family: str, source: str, params: dict, repeats: int) -> None:
+    """Frames per second of one family's network at 1080p and 4K in fp16 (where it allows it) and fp32."""
     for label, (width, height) in SIZES.items():
         frame = real_frame(width, height).cuda()
-        fp32 = load_model(model.name, "cuda") if model.dtype == torch.float32 else None
-        out16 = model.stylize(frame, **params)
-        ms = median_ms(lambda frame=frame: model.stylize(frame, **params), max(repeats, 10))
-        print(f"{family} {label} GPU {model.dtype}: {1000 / ms:.1f} frames/s ({ms:.1f} ms)")
-        if half and fp32 is None:
-            from server.models import ModelRegistry
-
-            full = ModelRegistry(device="cuda", half=False).get(model.name)
-            out32 = full.stylize(frame, **params)
-            ms32 = median_ms(lambda frame=frame, full=full: full.stylize(frame, **params), max(repeats, 10))
-            print(f"{family} {label} GPU float32: {1000 / ms32:.1f} frames/s; float16 vs float32 max error "
-                  f"{float((out16 - out32).abs().max()):.1e}")
+        outputs = {}
+        for precision, half in (("fp16", True), ("fp32", False)):
+            model = ModelRegistry(device="cuda", half=half, allow_paths=True).get(source)
+            if half and model.dtype == torch.float32:
+                print(f"{family}: the family does not run in half precision")
+                continue
+            outputs[precision] = model.stylize(frame, **params)
+            ms = median_ms(lambda frame=frame, model=model: model.stylize(frame, **params), max(repeats, 10))
+            print(f"{family} {label} GPU {precision}: {1000 / ms:.1f} frames/s ({ms:.1f} ms)", flush=True)
+        if len(outputs) == 2:
+            error = float((outputs["fp16"] - outputs["fp32"]).abs().max())
+            print(f"{family} {label} GPU: fp16 against fp32, largest difference {error:.1e}")
+        torch.cuda.empty_cache()
 
 
 def served_section(repeats: int) -> None:
@@ -260,7 +263,8 @@ def served_section(repeats: int) -> None:
     print(f"\n## served: `vst serve --device {on.type}` in another process, Python Client, median of {repeats}; "
           f"load average {os.getloadavg()[0]:.1f}")
     for precision in precisions:
-        server = start_server(address, on.type, "--precision", precision, "--models-dir", str(folder))
+        server = start_server(address, on.type, "--precision", precision, "--models-dir", str(folder),
+                              "--style-dir", str(Path(STYLE_IMAGE).parent))
         try:
             with Client(address, timeout=600) as client:
                 if on.type == "cpu":
@@ -383,7 +387,9 @@ def served_gpu(client: Client, precision: str, repeats: int) -> None:
     frames = max(repeats, 20)
     for label, size in SIZES.items():
         frame = as_frame(plate(*size))
-        for model, params in (("multistyle26", {"style": 19}), ("arbitrary", {"style_image": STYLE_IMAGE})):
+        families = (("multistyle26", {"style": 19}), ("fast_neural_style", {}),
+                    ("arbitrary", {"style_image": Path(STYLE_IMAGE).name}))
+        for model, params in families:
             request = {"model": model, "params": params, "colorspace": "ACEScg"}
             client.stylize(frame, **request)
             start = time.perf_counter()
@@ -396,7 +402,9 @@ def served_gpu(client: Client, precision: str, repeats: int) -> None:
             seconds = time.perf_counter() - start
             rate = (frames + 4) / seconds
             print(f"served {label} {model} {precision}: {rate:.1f} frames/s (4 in flight)", flush=True)
-    print(f"server stats: {client.stats()}")
+    free, total = torch.cuda.mem_get_info()
+    print(f"GPU memory in use (the server, and this process's CUDA context): {(total - free) / 2**20:.0f} MiB "
+          f"of {total / 2**20:.0f} MiB; server stats: {client.stats()}")
 
 
 def main() -> None:
