@@ -5,7 +5,8 @@ highlight policy, the sRGB curve and their inverses, premultiply, casts). Run on
 they cost more on a 2-core CPU than onnxruntime's whole network budget allows; fused by inductor into
 a few loops they cost a fraction (bench/results/pipeline-cpu-2026-11-28.md). Compiling takes seconds
 to a minute, so a stage runs eagerly while a background thread compiles it for that call's signature
-(its constant arguments and tensor dtypes; sizes are symbolic), and switches over once that is done.
+(its constant arguments and tensor dtypes; sizes are symbolic), and switches over once that is done;
+one thread compiles every stage, one signature at a time.
 Compilation that fails (no C++ compiler on a render node) leaves the stage eager, logged once.
 `VST_COMPILE=0` in the environment keeps every stage eager.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -32,8 +34,8 @@ class Fused:
         self._eager = function
         self._compiled: Callable[..., Any] | None = None
         self._ready: set[Hashable] = set()
-        self._pending: set[Hashable] = set()
-        self._threads: list[threading.Thread] = []
+        self._pending: dict[Hashable, threading.Event] = {}
+        """Signatures seen, each with an event set once its compilation has ended (or failed)."""
         self._lock = threading.Lock()
         self.eager = not ENABLED
         """Run op by op: compiling is disabled (`VST_COMPILE=0`) or failed (a benchmark may set it too)."""
@@ -46,20 +48,20 @@ class Fused:
             return self._compiled(*args)
         with self._lock:
             start = key not in self._pending
-            self._pending.add(key)
+            if start:
+                self._pending[key] = threading.Event()
             if self._compiled is None:
                 self._compiled = torch.compile(self._eager, dynamic=True)
-            if start:
-                thread = threading.Thread(target=self._compile, args=(key, args), name="vst-compile", daemon=True)
-                self._threads.append(thread)
-                thread.start()
+        if start:
+            _COMPILE_QUEUE.put((self, key, args))
+            _start_compiler()
         return self._eager(*args)
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for the compilations started so far; True when every signature seen runs compiled."""
-        for thread in list(self._threads):
-            thread.join(timeout)
-        return not self.eager and bool(self._pending) and self._pending <= self._ready
+        """Wait for the compilations asked for so far; True when every signature seen runs compiled."""
+        for done in list(self._pending.values()):
+            done.wait(timeout)
+        return not self.eager and bool(self._pending) and set(self._pending) <= self._ready
 
     def _compile(self, key: Hashable, args: tuple[Any, ...]) -> None:
         try:
@@ -67,9 +69,32 @@ class Fused:
         except Exception as exc:  # a node without a C++ compiler: stay eager
             self.eager = True
             _log_failure(exc)
-            return
-        self._ready.add(key)
-        log.info("%s: compiled for %s", self._eager.__name__, key)
+        else:
+            self._ready.add(key)
+            log.info("%s: compiled for %s", self._eager.__name__, key)
+        finally:
+            self._pending[key].set()
+
+
+_COMPILE_QUEUE: queue.Queue[tuple[Fused, Hashable, tuple[Any, ...]]] = queue.Queue()
+"""Compilations waiting for the one background thread that runs them, one at a time: several at once
+would only take more of the cores the frames need."""
+_COMPILER_LOCK = threading.Lock()
+_compiler: threading.Thread | None = None
+
+
+def _start_compiler() -> None:
+    global _compiler
+    with _COMPILER_LOCK:
+        if _compiler is None:
+            _compiler = threading.Thread(target=_compile_forever, name="vst-compile", daemon=True)
+            _compiler.start()
+
+
+def _compile_forever() -> None:
+    while True:
+        stage, key, args = _COMPILE_QUEUE.get()
+        stage._compile(key, args)
 
 
 _FAILURE_LOCK = threading.Lock()

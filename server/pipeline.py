@@ -170,20 +170,23 @@ FINISH = Fused(_finish)
 
 
 def warm_up(device: torch.device) -> None:
-    """Start compiling the fused stages for the usual plate (RGBA half, the default highlight policy, a
-    colour space to encode) in the background, so that a new server's first frames find them ready.
+    """Start compiling the fused stages for the usual plates in the background (RGBA half, then RGB half;
+    the default highlight policy, a colour space to encode), so that a new server's first frames find
+    them ready. Other kinds (float planes, another policy, raw) compile on their first frame.
 
     Sides differ and exceed 1, so the compiled code is not specialised to square or single-pixel frames.
     Nothing happens where the stages run op by op (`VST_COMPILE=0`).
     """
     if ASSEMBLE.eager:
         return
-    half = [torch.zeros(10, 14, dtype=torch.float16, device=device) for _ in range(4)]
     policy = StylizeSettings().highlights
-    plate, work = ASSEMBLE(*half)
-    encoded, ceiling = SHAPE(work, policy, True)
-    result = SHAPE_BACK(encoded, work, ceiling, policy, True)
-    FINISH(result, plate, half[3], *(plane.dtype for plane in half[:3]))
+    for with_alpha in (True, False):
+        planes = [torch.zeros(10, 14, dtype=torch.float16, device=device) for _ in range(4)]
+        alpha = planes[3] if with_alpha else None
+        plate, work = ASSEMBLE(*planes[:3], alpha)
+        encoded, ceiling = SHAPE(work, policy, True)
+        result = SHAPE_BACK(encoded, work, ceiling, policy, True)
+        FINISH(result, plate, alpha, *(plane.dtype for plane in planes[:3]))
 
 
 class _Stopwatch:
