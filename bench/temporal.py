@@ -11,9 +11,9 @@ Sequences (scene-linear RGB, the way a plate arrives):
   (OpenEXR ScanLines), objects moving 2-20 px/frame over textured and over flat (smooth gradient)
   backgrounds, a thin object that covers and reveals the background within a frame or two;
 - real footage: ../shared/video/bigbuckbunny.mp4, decoded with OpenCV, converted to scene-linear,
-  scored with flow the method does not use: OpenCV Farneback (pyramid 0.5, 5 levels, window 13,
-  10 iterations, poly_n 7) on the display images, both directions, with its own forward-backward
-  and motion-boundary test (Ruder et al.'s thresholds) deciding which pixels count.
+  scored with flow the method does not use: `server.evaluate.scoring_flow` (OpenCV Farneback, what
+  `vst eval temporal --flow-from` uses) on the display images, both directions, with its own
+  forward-backward and motion-boundary test (Ruder et al.'s thresholds) deciding which pixels count.
 
 Per case and style:
 
@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import cpu_name  # noqa: E402
 from server import flow  # noqa: E402
-from server.evaluate import display_rgb  # noqa: E402
+from server.evaluate import display_rgb, scoring_flow  # noqa: E402
 from vst_plugin import Client, Frame, Part  # noqa: E402
 from vst_plugin.exr import read_exr, write_exr  # noqa: E402
 from vst_plugin.schema import TemporalSettings  # noqa: E402
@@ -249,10 +249,6 @@ def known_motion_cases(shared: Path, size: tuple[int, int], count: int) -> list[
     ]
 
 
-def farneback(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 5, 13, 10, 7, 1.5, 0)
-
-
 def real_footage(shared: Path, size: tuple[int, int], start: int, count: int) -> Case:
     """Big Buck Bunny frames `start`.. as scene-linear plates, scored with Farneback flow."""
     capture = cv2.VideoCapture(str(shared / "video/bigbuckbunny.mp4"))
@@ -267,7 +263,7 @@ def real_footage(shared: Path, size: tuple[int, int], start: int, count: int) ->
     greys = [flow.gray8(frame) for frame in frames]
     forward, valid = {}, {}
     for t in range(len(frames) - 1):
-        f, b = farneback(greys[t], greys[t + 1]), farneback(greys[t + 1], greys[t])
+        f, b = scoring_flow(greys[t], greys[t + 1]), scoring_flow(greys[t + 1], greys[t])
         forward[t], valid[t] = f, ~flow.occlusion(f, b)
     return Case(f"Big Buck Bunny {start}-{start + len(frames) - 1} (Farneback scoring)", frames, forward, valid)
 
