@@ -29,7 +29,8 @@ Per case and style:
 
 Further: flow quality per preset (end-point error against the exact flow: everywhere, within 20 px
 of a moving object's edge, and on flat backgrounds) and analysis speed per preset at 1080p;
-chunk boundaries with and without pre-roll; 1080p throughput temporal / per-frame (same run);
+chunk boundaries with and without pre-roll; 1080p throughput temporal / per-frame (alternating passes in
+one run, wall clock and the server's CPU time);
 and the exact command lines of the held-out check (`vst render ... --embedded [--temporal]` on an
 EXR sequence without motion vectors) on one hard case.
 
@@ -461,17 +462,35 @@ def chunks(client: Client, case: Case) -> None:
           f"{across['warm']:.5f}; inside a chunk {inside:.5f}", flush=True)
 
 
-def throughput(client: Client, hd: list[np.ndarray]) -> None:
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far (Linux /proc; nan elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def throughput(client: Client | InProcess, hd: list[np.ndarray], pid: int, rounds: int) -> None:
+    """Per-frame and temporal passes over the same 1080p frames, alternating `rounds` times (a shared
+    machine's load drifts: alternation spreads it over both modes); wall-clock frames per second and
+    the renderer's CPU seconds per frame (CPU time is less sensitive to other processes than wall time)."""
     render(client, hd[:1], None, None, "warm-up")
-    timings = {}
-    for mode, options in (("per-frame", None), ("temporal", TEMPORAL), ("per-frame again", None)):
-        start = time.perf_counter()
-        render(client, hd, None, options, f"hd-{mode}")
-        timings[mode] = len(hd) / (time.perf_counter() - start)
-    base = (timings["per-frame"] + timings["per-frame again"]) / 2
-    print(f"\n1080p throughput ({len(hd)} frames per mode, default style, default preset): per-frame "
-          f"{timings['per-frame']:.3f} / {timings['per-frame again']:.3f} fps, temporal {timings['temporal']:.3f} "
-          f"fps, temporal/per-frame {timings['temporal'] / base:.3f}", flush=True)
+    wall: dict[str, list[float]] = {"per-frame": [], "temporal": []}
+    cpu: dict[str, list[float]] = {"per-frame": [], "temporal": []}
+    for round_ in range(rounds):
+        for mode, options in (("per-frame", None), ("temporal", TEMPORAL)):
+            start, used = time.perf_counter(), cpu_seconds(pid)
+            render(client, hd, None, options, f"hd-{mode}-{round_}")
+            wall[mode].append(time.perf_counter() - start)
+            cpu[mode].append(cpu_seconds(pid) - used)
+            print(f"1080p round {round_ + 1} {mode}: {len(hd) / wall[mode][-1]:.3f} fps, "
+                  f"{cpu[mode][-1] / len(hd):.2f} CPU s/frame (load {os.getloadavg()[0]:.1f})", flush=True)
+    ratio = sum(wall["per-frame"]) / sum(wall["temporal"])
+    rounds_ratio = ", ".join(f"{p / t:.3f}" for p, t in zip(wall["per-frame"], wall["temporal"], strict=True))
+    print(f"\n1080p throughput ({len(hd)} frames per pass, {rounds} alternating rounds, default style and preset): "
+          f"temporal/per-frame {ratio:.3f} (rounds: {rounds_ratio}); CPU time per frame per-frame/temporal "
+          f"{sum(cpu['per-frame']) / sum(cpu['temporal']):.3f}", flush=True)
 
 
 def held_out_commands(case: Case, vst: str) -> None:
@@ -497,7 +516,7 @@ def held_out_commands(case: Case, vst: str) -> None:
 
 
 def measure(client: Client | InProcess, args: argparse.Namespace, cases: list[Case], sections: set[str], shared: Path,
-            size: tuple[int, int], real_size: tuple[int, int], hd: list[np.ndarray] | None) -> None:
+            size: tuple[int, int], real_size: tuple[int, int], hd: list[np.ndarray] | None, pid: int) -> None:
     """The sections that render: stability, real footage, chunk boundaries, throughput."""
     rows = []
     if sections & {"stability", "real"}:
@@ -521,7 +540,7 @@ def measure(client: Client | InProcess, args: argparse.Namespace, cases: list[Ca
     if "chunks" in sections:
         chunks(client, known_motion_cases(shared, size, 12)[0])
     if "throughput" in sections:
-        throughput(client, hd)
+        throughput(client, hd, pid, args.hd_rounds)
 
 
 def main() -> None:
@@ -530,7 +549,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=10, help="frames per known-motion sequence")
     parser.add_argument("--real-size", default="480x272")
     parser.add_argument("--real", default="12:12,36:12", help="Big Buck Bunny segments START:COUNT,...")
-    parser.add_argument("--hd-frames", type=int, default=3, help="frames per mode for the 1080p throughput")
+    parser.add_argument("--hd-frames", type=int, default=3, help="frames per pass for the 1080p throughput")
+    parser.add_argument("--hd-rounds", type=int, default=2, help="alternating per-frame/temporal passes at 1080p")
     parser.add_argument("--sections", default="stability,real,presets,chunks,cli,throughput")
     parser.add_argument("--cases", default="", help="only known-motion cases whose name contains one of these")
     parser.add_argument("--styles", default=",".join(STYLES), help="styles to render (names as in STYLES)")
@@ -561,13 +581,13 @@ def main() -> None:
         flow_presets(cases, hd)
     if args.in_process:
         print("renders: in process (server.pipeline + server.temporal, no transport)\n")
-        measure(InProcess(), args, cases, sections, shared, size, real_size, hd)
+        measure(InProcess(), args, cases, sections, shared, size, real_size, hd, os.getpid())
     else:
         server = subprocess.Popen([vst, "serve", "--bind", args.address, "--device", "auto"])
         try:
             with Client(args.address, timeout=300) as client:
                 print(f"server device: {client.hello()['device']}\n")
-                measure(client, args, cases, sections, shared, size, real_size, hd)
+                measure(client, args, cases, sections, shared, size, real_size, hd, server.pid)
         finally:
             server.terminate()
             server.wait(60)

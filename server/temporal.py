@@ -217,14 +217,11 @@ def blend(stylized: torch.Tensor, motion: LayerMotion | None, memory: dict[str, 
     previous, earlier = memory.get("temporal_result"), memory.get("temporal_earlier")
     result = stylized
     if motion is not None and motion.to_previous is not None and previous is not None:
-        warped = _warp(previous, motion.to_previous)
-        weight = _weight(motion.visible, stylized)
-        target = weight * (warped - stylized)
+        visible = _weight(motion.visible, stylized)
+        result = torch.lerp(stylized, _warp(previous, motion.to_previous), strength * visible)
         if motion.to_earlier is not None and earlier is not None:
-            warped = _warp(earlier, motion.to_earlier)
-            fill = LONG_TERM * (1 - weight) * _weight(motion.visible_earlier, stylized)
-            target = target + fill * (warped - stylized)
-        result = stylized + strength * target
+            fill = (strength * LONG_TERM) * (1 - visible) * _weight(motion.visible_earlier, stylized)
+            result.addcmul_(fill, _warp(earlier, motion.to_earlier) - stylized)
     else:
         previous = None
     memory["temporal_earlier"] = previous
@@ -250,4 +247,4 @@ def _warp(image: torch.Tensor, to_image: np.ndarray) -> torch.Tensor:
         axis=-1,
     )
     grid = torch.from_numpy(sample)[None].to(image.device, image.dtype)
-    return F.grid_sample(image, grid, mode="bicubic", padding_mode="border", align_corners=True).clamp(0, 1)
+    return F.grid_sample(image, grid, mode="bicubic", padding_mode="border", align_corners=True).clamp_(0, 1)
