@@ -18,14 +18,20 @@ Sequences (scene-linear RGB, the way a plate arrives):
 Per case and style:
 
 - warping error (Lai et al. 2018; display RGB 0..1, pixels visible in both frames by the scoring
-  flow's visibility, 2 px bands around object edges left out): ratio temporal / per-frame;
+  flow's visibility, 2 px bands around object edges left out): ratio temporal / per-frame; and the
+  same ratio on stylized pixels only (plate within 0..1: the default `preserve` policy passes the
+  plate's values above 1 through unstylized, whose resampled texture is an error floor no temporal
+  method can lower);
 - drift: per-channel mean and standard deviation of the temporal output against the per-frame
   output (relative; worst channel, over the sequence and on its last frame);
 - ghosting (known motion with objects): in pixels revealed behind a moving object (its whole
   wake: background the object covered in any earlier frame), mean |temporal - per-frame| divided
   by the per-frame flicker there (mean |P_t - warp(P_t+1)| on the same pixels), and that divided
   by the same ratio on background the object never came near: about 1 when the wake looks like
-  untouched background; a ghost or trail of the object makes it larger.
+  untouched background; a ghost or trail of the object makes it larger. And the wake deviation:
+  mean |temporal - per-frame| (display 0..1) in the wake, beside the same on untouched background,
+  not divided by the per-frame flicker (large in the wake: it let the ghosting index miss visible
+  trails).
 
 Further: flow quality per preset (end-point error against the exact flow: everywhere, within 20 px
 of a moving object's edge, and on flat backgrounds) and analysis speed per preset at 1080p;
@@ -346,9 +352,21 @@ class InProcess:
         return results
 
 
-def warping_error(outputs: list[np.ndarray], case: Case) -> float:
-    errors = [flow.warping_error(outputs[t], outputs[t + 1], case.forward[t], case.valid[t])
-              for t in case.forward if t + 1 < len(outputs)]
+def warping_error(outputs: list[np.ndarray], case: Case, stylized_only: bool = False) -> float:
+    """Mean warping error over the sequence; `stylized_only` leaves out pixels whose plate lies outside
+    0..1 in either frame of the pair (the default `preserve` highlight policy passes the plate's values
+    above 1 through unstylized: the method cannot touch them, and their texture, warped by the scoring
+    flow, gives every method the same floor of error)."""
+    errors = []
+    for t in case.forward:
+        if t + 1 >= len(outputs):
+            continue
+        valid = case.valid[t]
+        if stylized_only:
+            inside = [np.all((frame >= 0) & (frame <= 1), axis=-1) for frame in case.frames[t : t + 2]]
+            landing, _ = flow.warp(inside[1].astype(np.float32), case.forward[t])
+            valid = valid & inside[0] & (landing >= 1 - 1e-6)
+        errors.append(flow.warping_error(outputs[t], outputs[t + 1], case.forward[t], valid))
     return float(np.nanmean(errors))
 
 
@@ -362,6 +380,19 @@ def drift(temporal: list[np.ndarray], per_frame: list[np.ndarray]) -> tuple[floa
         return float(max(mean.max(), std.max()))
 
     return worst(np.stack(temporal), np.stack(per_frame)), worst(temporal[-1], per_frame[-1])
+
+
+def trail(temporal: list[np.ndarray], per_frame: list[np.ndarray], case: Case) -> tuple[float, float]:
+    """Mean |temporal - per-frame| (display 0..1) in a moving object's wake and on background the object
+    never came near. Not divided by the per-frame flicker, as `ghosting` is: that flicker is large in
+    the wake (the network's response around the object moves with it) and let `ghosting` miss visible
+    trails of the object's surroundings dragged along behind it."""
+
+    def deviation(masks: dict[int, np.ndarray]) -> float:
+        values = [np.abs(temporal[t] - per_frame[t])[mask].mean() for t, mask in masks.items() if mask.any()]
+        return float(np.mean(values)) if values else float("nan")
+
+    return deviation(case.revealed), deviation(case.untouched)
 
 
 def ghosting(temporal: list[np.ndarray], per_frame: list[np.ndarray], case: Case) -> float:
@@ -392,12 +423,15 @@ def stability(client: Client, cases: list[Case]) -> list[dict]:
             per_frame = render(client, case.frames, params, None, "")
             temporal = render(client, case.frames, params, TEMPORAL, case.name)
             before, after = warping_error(per_frame, case), warping_error(temporal, case)
+            stylized = warping_error(temporal, case, True) / warping_error(per_frame, case, True)
             whole, last = drift(temporal, per_frame)
             row = {"case": case.name, "style": style, "ratio": after / before, "per_frame": before,
-                   "drift": whole, "drift_last": last, "ghost": ghosting(temporal, per_frame, case)}
+                   "stylized": stylized, "drift": whole, "drift_last": last,
+                   "ghost": ghosting(temporal, per_frame, case), "trail": trail(temporal, per_frame, case)}
             rows.append(row)
-            print(f"| {case.name} | {style} | {before:.5f} | {after:.5f} | {row['ratio']:.3f} | "
-                  f"{whole * 100:.1f}% / {last * 100:.1f}% | {row['ghost']:.2f} |", flush=True)
+            print(f"| {case.name} | {style} | {before:.5f} | {after:.5f} | {row['ratio']:.3f} | {stylized:.3f} | "
+                  f"{whole * 100:.1f}% / {last * 100:.1f}% | {row['ghost']:.2f} | {row['trail'][0]:.3f} "
+                  f"({row['trail'][1]:.3f}) |", flush=True)
     return rows
 
 
@@ -520,8 +554,9 @@ def measure(client: Client | InProcess, args: argparse.Namespace, cases: list[Ca
     """The sections that render: stability, real footage, chunk boundaries, throughput."""
     rows = []
     if sections & {"stability", "real"}:
-        print("| case | style | warping error per-frame | temporal | ratio | drift seq / last | ghosting |")
-        print("|---|---|---|---|---|---|---|")
+        print("| case | style | warping error per-frame | temporal | ratio | ratio, stylized pixels | drift seq / last "
+              "| ghosting | wake deviation (untouched) |")
+        print("|---|---|---|---|---|---|---|---|---|")
     if "stability" in sections:
         rows += stability(client, cases)
     if "real" in sections:
@@ -532,11 +567,14 @@ def measure(client: Client | InProcess, args: argparse.Namespace, cases: list[Ca
         known = [row for row in rows if not row["case"].startswith("Big Buck")]
         real = [row for row in rows if row["case"].startswith("Big Buck")]
         ghosts = [row["ghost"] for row in rows if np.isfinite(row["ghost"])]
+        trails = [row["trail"][0] for row in rows if np.isfinite(row["trail"][0])]
         print(f"\nsummary: worst ratio known motion {max((r['ratio'] for r in known), default=np.nan):.3f} "
               f"(goal <= 0.40), real footage {max((r['ratio'] for r in real), default=np.nan):.3f} "
               f"(goal <= 0.60); worst drift {max(r['drift'] for r in rows) * 100:.1f}% over the sequence, "
               f"{max(r['drift_last'] for r in rows) * 100:.1f}% on the last frame (goal <= 10%); worst "
-              f"ghosting {max(ghosts, default=np.nan):.2f}", flush=True)
+              f"ghosting {max(ghosts, default=np.nan):.2f}, wake deviation {max(trails, default=np.nan):.3f}; "
+              f"worst ratio on stylized pixels, known motion "
+              f"{max((r['stylized'] for r in known), default=np.nan):.3f}", flush=True)
     if "chunks" in sections:
         chunks(client, known_motion_cases(shared, size, 12)[0])
     if "throughput" in sections:

@@ -205,6 +205,12 @@ LONG_TERM = 0.5
 visible: an older, less certain match (at 1 a fast object's surroundings linger behind it longer)."""
 
 
+CONTRAST_GAIN = 1.25
+"""Most the contrast guard may raise a blended frame's contrast: averaging frames whose textures differ
+(a strongly flickering style) pulls the result towards its mean, recursively, and a few frames into
+a shot the style looks washed out."""
+
+
 def blend(stylized: torch.Tensor, motion: LayerMotion | None, memory: dict[str, Any], strength: float) -> torch.Tensor:
     """Blend the warped previous results into `stylized` [1,3,H,W] and remember the outcome.
 
@@ -213,6 +219,8 @@ def blend(stylized: torch.Tensor, motion: LayerMotion | None, memory: dict[str, 
     visible (weight v1) its result is blended in; where it is not but the frame before it is (v2),
     that one's result is, at half weight (LONG_TERM):
     out = stylized + strength * (v1 (w1 - stylized) + LONG_TERM (1 - v1) v2 (w2 - stylized)).
+    Then the contrast guard: each channel of `out` is scaled about its mean so that its standard
+    deviation comes back to the per-frame result's (a gain between 1 and CONTRAST_GAIN).
     """
     previous, earlier = memory.get("temporal_result"), memory.get("temporal_earlier")
     result = stylized
@@ -222,11 +230,19 @@ def blend(stylized: torch.Tensor, motion: LayerMotion | None, memory: dict[str, 
         if motion.to_earlier is not None and earlier is not None:
             fill = (strength * LONG_TERM) * (1 - visible) * _weight(motion.visible_earlier, stylized)
             result.addcmul_(fill, _warp(earlier, motion.to_earlier) - stylized)
+        result = _keep_contrast(result, stylized)
     else:
         previous = None
     memory["temporal_earlier"] = previous
     memory["temporal_result"] = result
     return result
+
+
+def _keep_contrast(blended: torch.Tensor, stylized: torch.Tensor) -> torch.Tensor:
+    """`blended` with each channel's deviation from its mean scaled back towards `stylized`'s (see CONTRAST_GAIN)."""
+    mean = blended.mean((2, 3), keepdim=True)
+    gain = (stylized.std((2, 3), keepdim=True) / blended.std((2, 3), keepdim=True).clamp_min(1e-6))
+    return (blended - mean).mul_(gain.clamp_(1, CONTRAST_GAIN)).add_(mean).clamp_(0, 1)
 
 
 def _weight(weight: np.ndarray, like: torch.Tensor) -> torch.Tensor:
