@@ -13,7 +13,8 @@ Per sequence (client + sequence id) and per colour layer:
    from OpenCV DIS optical flow on the inputs otherwise.
 2. After the network has stylized the layer, the previous *result* is warped into this frame and
    blended in by its weight; where only the frame before it is visible, that one's result is, at
-   half weight (`blend`). The result is kept for the next frame, so the blend is recursive.
+   half weight, and a contrast guard keeps the per-frame result's contrast (`blend`). The result is
+   kept for the next frame, so the blend is recursive.
 
 Motion vectors follow Nuke's convention by default: ``backward.u/backward.v`` of frame t point to
 frame t-1, ``forward.u/forward.v`` to frame t+1, in pixels, with v pointing up (``y_up``).
