@@ -206,10 +206,14 @@ LONG_TERM = 0.5
 visible: an older, less certain match (at 1 a fast object's surroundings linger behind it longer)."""
 
 
+CONTRAST_KEPT = 0.92
+"""Share of the per-frame result's contrast (per-channel standard deviation) the contrast guard
+restores: averaging frames whose textures differ (a strongly flickering style) pulls the result
+towards its mean, recursively, and a few frames into a shot the style looks washed out. Smaller
+losses are left alone (restoring them raises the frame-to-frame differences a little too)."""
+
 CONTRAST_GAIN = 1.25
-"""Most the contrast guard may raise a blended frame's contrast: averaging frames whose textures differ
-(a strongly flickering style) pulls the result towards its mean, recursively, and a few frames into
-a shot the style looks washed out."""
+"""Most the contrast guard may raise a blended frame's contrast."""
 
 
 def blend(stylized: torch.Tensor, motion: LayerMotion | None, memory: dict[str, Any], strength: float) -> torch.Tensor:
@@ -220,8 +224,8 @@ def blend(stylized: torch.Tensor, motion: LayerMotion | None, memory: dict[str, 
     visible (weight v1) its result is blended in; where it is not but the frame before it is (v2),
     that one's result is, at half weight (LONG_TERM):
     out = stylized + strength * (v1 (w1 - stylized) + LONG_TERM (1 - v1) v2 (w2 - stylized)).
-    Then the contrast guard: each channel of `out` is scaled about its mean so that its standard
-    deviation comes back to the per-frame result's (a gain between 1 and CONTRAST_GAIN).
+    Then the contrast guard: each channel of `out` whose standard deviation fell below CONTRAST_KEPT
+    of the per-frame result's is scaled about its mean back to that (a gain of at most CONTRAST_GAIN).
     """
     previous, earlier = memory.get("temporal_result"), memory.get("temporal_earlier")
     result = stylized
@@ -240,9 +244,9 @@ def blend(stylized: torch.Tensor, motion: LayerMotion | None, memory: dict[str, 
 
 
 def _keep_contrast(blended: torch.Tensor, stylized: torch.Tensor) -> torch.Tensor:
-    """`blended` with each channel's deviation from its mean scaled back towards `stylized`'s (see CONTRAST_GAIN)."""
+    """`blended` with each channel's deviation from its mean scaled back towards `stylized`'s (see CONTRAST_KEPT)."""
     mean = blended.mean((2, 3), keepdim=True)
-    gain = (stylized.std((2, 3), keepdim=True) / blended.std((2, 3), keepdim=True).clamp_min(1e-6))
+    gain = CONTRAST_KEPT * stylized.std((2, 3), keepdim=True) / blended.std((2, 3), keepdim=True).clamp_min(1e-6)
     return (blended - mean).mul_(gain.clamp_(1, CONTRAST_GAIN)).add_(mean).clamp_(0, 1)
 
 
