@@ -555,7 +555,9 @@ def held_out_commands(case: Case, vst: str) -> None:
         for name, extra in (("single", []), ("temporal", ["--temporal"])):
             command = [vst, "render", str(folder / "plate.####.exr"), str(folder / f"{name}.####.exr"),
                        "--frames", frames, "--embedded", *extra]
-            subprocess.run(command, check=True, capture_output=True, timeout=1800)
+            done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(command)} exited with {done.returncode}:\n{done.stderr[-3000:]}")
             outputs[name] = [display_rgb(read_exr(str(folder / f"{name}.{t:04d}.exr")))
                              for t in range(1, len(case.frames) + 1)]
         before, after = warping_error(outputs["single"], case), warping_error(outputs["temporal"], case)
