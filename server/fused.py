@@ -7,6 +7,9 @@ a few loops they cost a fraction (bench/results/pipeline-cpu-2026-11-28.md). Com
 to a minute, so a stage runs eagerly while a background thread compiles it for that call's signature
 (its constant arguments and tensor dtypes; sizes are symbolic), and switches over once that is done.
 Compilation that fails (no C++ compiler on a render node) leaves the stage eager, logged once.
+The compiling thread is not a daemon: a short process (`vst render --embedded` on a few small frames)
+that exited while it compiled was aborted by the C++ runtime (SIGABRT, "terminate called without an
+active exception"); now its exit waits for the compilation to finish.
 `VST_COMPILE=0` in the environment keeps every stage eager.
 """
 
@@ -48,7 +51,7 @@ class Fused:
             if self._compiled is None:
                 self._compiled = torch.compile(self._eager, dynamic=True)
         if start:
-            threading.Thread(target=self._compile, args=(key, args), name="vst-compile", daemon=True).start()
+            threading.Thread(target=self._compile, args=(key, args), name="vst-compile").start()
         return self._eager(*args)
 
     def _compile(self, key: Hashable, args: tuple[Any, ...]) -> None:
