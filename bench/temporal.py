@@ -11,25 +11,32 @@ Sequences (scene-linear RGB, the way a plate arrives):
   (OpenEXR ScanLines), objects moving 2-20 px/frame over textured and over flat (smooth gradient)
   backgrounds, a thin object that covers and reveals the background within a frame or two;
 - real footage: ../shared/video/bigbuckbunny.mp4, decoded with OpenCV, converted to scene-linear,
-  scored with flow the method does not use: OpenCV Farneback (pyramid 0.5, 5 levels, window 13,
-  10 iterations, poly_n 7) on the display images, both directions, with its own forward-backward
-  and motion-boundary test (Ruder et al.'s thresholds) deciding which pixels count.
+  scored with flow the method does not use: `server.evaluate.scoring_flow` (OpenCV Farneback, what
+  `vst eval temporal --flow-from` uses) on the display images, both directions, with its own
+  forward-backward and motion-boundary test (Ruder et al.'s thresholds) deciding which pixels count.
 
 Per case and style:
 
 - warping error (Lai et al. 2018; display RGB 0..1, pixels visible in both frames by the scoring
-  flow's visibility, 2 px bands around object edges left out): ratio temporal / per-frame;
+  flow's visibility, 2 px bands around object edges left out): ratio temporal / per-frame; and the
+  same ratio on stylized pixels only (plate within 0..1: the default `preserve` policy passes the
+  plate's values above 1 through unstylized, whose resampled texture is an error floor no temporal
+  method can lower);
 - drift: per-channel mean and standard deviation of the temporal output against the per-frame
   output (relative; worst channel, over the sequence and on its last frame);
 - ghosting (known motion with objects): in pixels revealed behind a moving object (its whole
   wake: background the object covered in any earlier frame), mean |temporal - per-frame| divided
   by the per-frame flicker there (mean |P_t - warp(P_t+1)| on the same pixels), and that divided
   by the same ratio on background the object never came near: about 1 when the wake looks like
-  untouched background; a ghost or trail of the object makes it larger.
+  untouched background; a ghost or trail of the object makes it larger. And the wake deviation:
+  mean |temporal - per-frame| (display 0..1) in the wake, beside the same on untouched background,
+  not divided by the per-frame flicker (large in the wake: it let the ghosting index miss visible
+  trails).
 
 Further: flow quality per preset (end-point error against the exact flow: everywhere, within 20 px
 of a moving object's edge, and on flat backgrounds) and analysis speed per preset at 1080p;
-chunk boundaries with and without pre-roll; 1080p throughput temporal / per-frame (same run);
+chunk boundaries with and without pre-roll; 1080p throughput temporal / per-frame (alternating passes in
+one run, wall clock and the server's CPU time);
 and the exact command lines of the held-out check (`vst render ... --embedded [--temporal]` on an
 EXR sequence without motion vectors) on one hard case.
 
@@ -55,7 +62,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import cpu_name  # noqa: E402
 from server import flow  # noqa: E402
-from server.evaluate import display_rgb  # noqa: E402
+from server.evaluate import display_rgb, scoring_flow  # noqa: E402
 from vst_plugin import Client, Frame, Part  # noqa: E402
 from vst_plugin.exr import read_exr, write_exr  # noqa: E402
 from vst_plugin.schema import TemporalSettings  # noqa: E402
@@ -249,10 +256,6 @@ def known_motion_cases(shared: Path, size: tuple[int, int], count: int) -> list[
     ]
 
 
-def farneback(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 5, 13, 10, 7, 1.5, 0)
-
-
 def real_footage(shared: Path, size: tuple[int, int], start: int, count: int) -> Case:
     """Big Buck Bunny frames `start`.. as scene-linear plates, scored with Farneback flow."""
     capture = cv2.VideoCapture(str(shared / "video/bigbuckbunny.mp4"))
@@ -267,7 +270,7 @@ def real_footage(shared: Path, size: tuple[int, int], start: int, count: int) ->
     greys = [flow.gray8(frame) for frame in frames]
     forward, valid = {}, {}
     for t in range(len(frames) - 1):
-        f, b = farneback(greys[t], greys[t + 1]), farneback(greys[t + 1], greys[t])
+        f, b = scoring_flow(greys[t], greys[t + 1]), scoring_flow(greys[t + 1], greys[t])
         forward[t], valid[t] = f, ~flow.occlusion(f, b)
     return Case(f"Big Buck Bunny {start}-{start + len(frames) - 1} (Farneback scoring)", frames, forward, valid)
 
@@ -349,9 +352,21 @@ class InProcess:
         return results
 
 
-def warping_error(outputs: list[np.ndarray], case: Case) -> float:
-    errors = [flow.warping_error(outputs[t], outputs[t + 1], case.forward[t], case.valid[t])
-              for t in case.forward if t + 1 < len(outputs)]
+def warping_error(outputs: list[np.ndarray], case: Case, stylized_only: bool = False) -> float:
+    """Mean warping error over the sequence; `stylized_only` leaves out pixels whose plate lies outside
+    0..1 in either frame of the pair (the default `preserve` highlight policy passes the plate's values
+    above 1 through unstylized: the method cannot touch them, and their texture, warped by the scoring
+    flow, gives every method the same floor of error)."""
+    errors = []
+    for t in case.forward:
+        if t + 1 >= len(outputs):
+            continue
+        valid = case.valid[t]
+        if stylized_only:
+            inside = [np.all((frame >= 0) & (frame <= 1), axis=-1) for frame in case.frames[t : t + 2]]
+            landing, _ = flow.warp(inside[1].astype(np.float32), case.forward[t])
+            valid = valid & inside[0] & (landing >= 1 - 1e-6)
+        errors.append(flow.warping_error(outputs[t], outputs[t + 1], case.forward[t], valid))
     return float(np.nanmean(errors))
 
 
@@ -365,6 +380,19 @@ def drift(temporal: list[np.ndarray], per_frame: list[np.ndarray]) -> tuple[floa
         return float(max(mean.max(), std.max()))
 
     return worst(np.stack(temporal), np.stack(per_frame)), worst(temporal[-1], per_frame[-1])
+
+
+def trail(temporal: list[np.ndarray], per_frame: list[np.ndarray], case: Case) -> tuple[float, float]:
+    """Mean |temporal - per-frame| (display 0..1) in a moving object's wake and on background the object
+    never came near. Not divided by the per-frame flicker, as `ghosting` is: that flicker is large in
+    the wake (the network's response around the object moves with it) and let `ghosting` miss visible
+    trails of the object's surroundings dragged along behind it."""
+
+    def deviation(masks: dict[int, np.ndarray]) -> float:
+        values = [np.abs(temporal[t] - per_frame[t])[mask].mean() for t, mask in masks.items() if mask.any()]
+        return float(np.mean(values)) if values else float("nan")
+
+    return deviation(case.revealed), deviation(case.untouched)
 
 
 def ghosting(temporal: list[np.ndarray], per_frame: list[np.ndarray], case: Case) -> float:
@@ -395,12 +423,15 @@ def stability(client: Client, cases: list[Case]) -> list[dict]:
             per_frame = render(client, case.frames, params, None, "")
             temporal = render(client, case.frames, params, TEMPORAL, case.name)
             before, after = warping_error(per_frame, case), warping_error(temporal, case)
+            stylized = warping_error(temporal, case, True) / warping_error(per_frame, case, True)
             whole, last = drift(temporal, per_frame)
             row = {"case": case.name, "style": style, "ratio": after / before, "per_frame": before,
-                   "drift": whole, "drift_last": last, "ghost": ghosting(temporal, per_frame, case)}
+                   "stylized": stylized, "drift": whole, "drift_last": last,
+                   "ghost": ghosting(temporal, per_frame, case), "trail": trail(temporal, per_frame, case)}
             rows.append(row)
-            print(f"| {case.name} | {style} | {before:.5f} | {after:.5f} | {row['ratio']:.3f} | "
-                  f"{whole * 100:.1f}% / {last * 100:.1f}% | {row['ghost']:.2f} |", flush=True)
+            print(f"| {case.name} | {style} | {before:.5f} | {after:.5f} | {row['ratio']:.3f} | {stylized:.3f} | "
+                  f"{whole * 100:.1f}% / {last * 100:.1f}% | {row['ghost']:.2f} | {row['trail'][0]:.3f} "
+                  f"({row['trail'][1]:.3f}) |", flush=True)
     return rows
 
 
@@ -465,17 +496,52 @@ def chunks(client: Client, case: Case) -> None:
           f"{across['warm']:.5f}; inside a chunk {inside:.5f}", flush=True)
 
 
-def throughput(client: Client, hd: list[np.ndarray]) -> None:
-    render(client, hd[:1], None, None, "warm-up")
-    timings = {}
-    for mode, options in (("per-frame", None), ("temporal", TEMPORAL), ("per-frame again", None)):
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far (Linux /proc; nan elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def warm_up(client: Client, hd: list[np.ndarray], limit: int = 8) -> None:
+    """Render single 1080p frames until two in a row take within 10% of each other (at most `limit`),
+    then two temporal frames: the server compiles its fused pipeline stages in a background thread
+    (server/fused.py, tens of seconds of CPU) and runs them eagerly until then, which would slow
+    whichever mode came first."""
+    seconds: list[float] = []
+    for index in range(limit):
         start = time.perf_counter()
-        render(client, hd, None, options, f"hd-{mode}")
-        timings[mode] = len(hd) / (time.perf_counter() - start)
-    base = (timings["per-frame"] + timings["per-frame again"]) / 2
-    print(f"\n1080p throughput ({len(hd)} frames per mode, default style, default preset): per-frame "
-          f"{timings['per-frame']:.3f} / {timings['per-frame again']:.3f} fps, temporal {timings['temporal']:.3f} "
-          f"fps, temporal/per-frame {timings['temporal'] / base:.3f}", flush=True)
+        render(client, [hd[index % len(hd)]], None, None, "warm-up")
+        seconds.append(time.perf_counter() - start)
+        if len(seconds) >= 2 and abs(seconds[-1] - seconds[-2]) <= 0.1 * seconds[-2]:
+            break
+    render(client, hd[:2], None, TEMPORAL, "warm-up-temporal")
+    print(f"1080p warm-up: {len(seconds)} single frames ({', '.join(f'{s:.1f}' for s in seconds)} s), then two "
+          f"temporal frames", flush=True)
+
+
+def throughput(client: Client, hd: list[np.ndarray], pid: int, rounds: int) -> None:
+    """Per-frame and temporal passes over the same 1080p frames, alternating `rounds` times (a shared
+    machine's load drifts: alternation spreads it over both modes); wall-clock frames per second and
+    the renderer's CPU seconds per frame (CPU time is less sensitive to other processes than wall time)."""
+    warm_up(client, hd)
+    wall: dict[str, list[float]] = {"per-frame": [], "temporal": []}
+    cpu: dict[str, list[float]] = {"per-frame": [], "temporal": []}
+    for round_ in range(rounds):
+        for mode, options in (("per-frame", None), ("temporal", TEMPORAL)):
+            start, used = time.perf_counter(), cpu_seconds(pid)
+            render(client, hd, None, options, f"hd-{mode}-{round_}")
+            wall[mode].append(time.perf_counter() - start)
+            cpu[mode].append(cpu_seconds(pid) - used)
+            print(f"1080p round {round_ + 1} {mode}: {len(hd) / wall[mode][-1]:.3f} fps, "
+                  f"{cpu[mode][-1] / len(hd):.2f} CPU s/frame (load {os.getloadavg()[0]:.1f})", flush=True)
+    ratio = sum(wall["per-frame"]) / sum(wall["temporal"])
+    rounds_ratio = ", ".join(f"{p / t:.3f}" for p, t in zip(wall["per-frame"], wall["temporal"], strict=True))
+    print(f"\n1080p throughput ({len(hd)} frames per pass, {rounds} alternating rounds, default style and preset): "
+          f"temporal/per-frame {ratio:.3f} (rounds: {rounds_ratio}); CPU time per frame per-frame/temporal "
+          f"{sum(cpu['per-frame']) / sum(cpu['temporal']):.3f}", flush=True)
 
 
 def held_out_commands(case: Case, vst: str) -> None:
@@ -489,7 +555,9 @@ def held_out_commands(case: Case, vst: str) -> None:
         for name, extra in (("single", []), ("temporal", ["--temporal"])):
             command = [vst, "render", str(folder / "plate.####.exr"), str(folder / f"{name}.####.exr"),
                        "--frames", frames, "--embedded", *extra]
-            subprocess.run(command, check=True, capture_output=True, timeout=1800)
+            done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(command)} exited with {done.returncode}:\n{done.stderr[-3000:]}")
             outputs[name] = [display_rgb(read_exr(str(folder / f"{name}.{t:04d}.exr")))
                              for t in range(1, len(case.frames) + 1)]
         before, after = warping_error(outputs["single"], case), warping_error(outputs["temporal"], case)
@@ -501,12 +569,13 @@ def held_out_commands(case: Case, vst: str) -> None:
 
 
 def measure(client: Client | InProcess, args: argparse.Namespace, cases: list[Case], sections: set[str], shared: Path,
-            size: tuple[int, int], real_size: tuple[int, int], hd: list[np.ndarray] | None) -> None:
+            size: tuple[int, int], real_size: tuple[int, int], hd: list[np.ndarray] | None, pid: int) -> None:
     """The sections that render: stability, real footage, chunk boundaries, throughput."""
     rows = []
     if sections & {"stability", "real"}:
-        print("| case | style | warping error per-frame | temporal | ratio | drift seq / last | ghosting |")
-        print("|---|---|---|---|---|---|---|")
+        print("| case | style | warping error per-frame | temporal | ratio | ratio, stylized pixels | drift seq / last "
+              "| ghosting | wake deviation (untouched) |")
+        print("|---|---|---|---|---|---|---|---|---|")
     if "stability" in sections:
         rows += stability(client, cases)
     if "real" in sections:
@@ -517,15 +586,20 @@ def measure(client: Client | InProcess, args: argparse.Namespace, cases: list[Ca
         known = [row for row in rows if not row["case"].startswith("Big Buck")]
         real = [row for row in rows if row["case"].startswith("Big Buck")]
         ghosts = [row["ghost"] for row in rows if np.isfinite(row["ghost"])]
+        trails = [row["trail"][0] for row in rows if np.isfinite(row["trail"][0])]
         print(f"\nsummary: worst ratio known motion {max((r['ratio'] for r in known), default=np.nan):.3f} "
               f"(goal <= 0.40), real footage {max((r['ratio'] for r in real), default=np.nan):.3f} "
               f"(goal <= 0.60); worst drift {max(r['drift'] for r in rows) * 100:.1f}% over the sequence, "
               f"{max(r['drift_last'] for r in rows) * 100:.1f}% on the last frame (goal <= 10%); worst "
-              f"ghosting {max(ghosts, default=np.nan):.2f}", flush=True)
+              f"ghosting {max(ghosts, default=np.nan):.2f}, wake deviation {max(trails, default=np.nan):.3f}; "
+              f"worst ratio on stylized pixels, known motion "
+              f"{max((r['stylized'] for r in known), default=np.nan):.3f}", flush=True)
     if "chunks" in sections:
         chunks(client, known_motion_cases(shared, size, 12)[0])
-    if "throughput" in sections:
-        throughput(client, hd)
+    if "throughput" in sections and isinstance(client, InProcess):
+        print("\n1080p throughput: not measured in process (per-frame results are kept between calls there)")
+    elif "throughput" in sections:
+        throughput(client, hd, pid, args.hd_rounds)
 
 
 def main() -> None:
@@ -534,7 +608,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=10, help="frames per known-motion sequence")
     parser.add_argument("--real-size", default="480x272")
     parser.add_argument("--real", default="12:12,36:12", help="Big Buck Bunny segments START:COUNT,...")
-    parser.add_argument("--hd-frames", type=int, default=3, help="frames per mode for the 1080p throughput")
+    parser.add_argument("--hd-frames", type=int, default=3, help="frames per pass for the 1080p throughput")
+    parser.add_argument("--hd-rounds", type=int, default=2, help="alternating per-frame/temporal passes at 1080p")
     parser.add_argument("--sections", default="stability,real,presets,chunks,cli,throughput")
     parser.add_argument("--cases", default="", help="only known-motion cases whose name contains one of these")
     parser.add_argument("--styles", default=",".join(STYLES), help="styles to render (names as in STYLES)")
@@ -565,13 +640,13 @@ def main() -> None:
         flow_presets(cases, hd)
     if args.in_process:
         print("renders: in process (server.pipeline + server.temporal, no transport)\n")
-        measure(InProcess(), args, cases, sections, shared, size, real_size, hd)
+        measure(InProcess(), args, cases, sections, shared, size, real_size, hd, os.getpid())
     else:
         server = subprocess.Popen([vst, "serve", "--bind", args.address, "--device", "auto"])
         try:
             with Client(args.address, timeout=300) as client:
                 print(f"server device: {client.hello()['device']}\n")
-                measure(client, args, cases, sections, shared, size, real_size, hd)
+                measure(client, args, cases, sections, shared, size, real_size, hd, server.pid)
         finally:
             server.terminate()
             server.wait(60)

@@ -18,7 +18,7 @@ from typing import Any
 
 from server.train import command as train
 from vst_plugin.cli import CommandError, add_model_folder_options, add_style_options, parse_size, render_params
-from vst_plugin.schema import DEFAULT_ADDRESS, FLOW_PRESETS, default_address
+from vst_plugin.schema import DEFAULT_ADDRESS, default_address
 
 EMBEDDED_ADDRESS = "tcp://127.0.0.1:0"
 
@@ -70,10 +70,11 @@ def register(commands: Any) -> None:
     temporal.add_argument("output", help="rendered sequence pattern")
     temporal.add_argument("--frames", required=True, help="frame list, e.g. 1001-1100")
     flows = temporal.add_mutually_exclusive_group(required=True)
-    flows.add_argument("--flow-from", metavar="IN_PATTERN", help="estimate flow (DIS) on these input plates")
+    flows.add_argument("--flow-from", metavar="IN_PATTERN",
+                       help="estimate flow on these input plates (OpenCV Farneback with its own forward-backward "
+                       "test: not the DIS flow that --temporal uses)")
     flows.add_argument("--gt-flow", metavar="PATTERN",
                        help="ground-truth flow: EXR files with forward.u/v (and backward.u/v) channels, per view too")
-    temporal.add_argument("--preset", default="medium", choices=FLOW_PRESETS)
     temporal.add_argument("--y-down", action="store_true", help="flow v points down (default: up, as in Nuke)")
     temporal.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluate.set_defaults(run=run_eval)
@@ -169,7 +170,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     try:
         frames = parse_frames(args.frames)
-        report = evaluate_temporal(args.output, frames, args.flow_from, args.gt_flow, args.preset, not args.y_down)
+        report = evaluate_temporal(args.output, frames, args.flow_from, args.gt_flow, not args.y_down)
     except (SequenceError, EvaluationError, ExrError) as exc:
         raise CommandError(str(exc)) from None
     for note in report.notes:

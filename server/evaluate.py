@@ -1,9 +1,11 @@
 """Warping error of a rendered sequence (Lai et al. 2018), as `vst eval temporal` reports it.
 
-For each pair of consecutive frames t, t+1: the flow from t to t+1 and back is taken from the input
-plates (DIS optical flow) or from ground-truth flow files; pixels that are occluded or on motion
-boundaries (server.flow.occlusion) are left out; the error is the mean over the remaining pixels and
-the three channels of (O_t - warp(O_t+1))², with O the output's colour sRGB-encoded and clipped to 0..1.
+For each pair of consecutive frames t, t+1: the flow from t to t+1 and back is taken from ground-truth
+flow files or estimated on the input plates with `scoring_flow` (OpenCV Farneback: an estimator the
+temporal method does not use, so its own flow errors are not excused); pixels that are occluded or on
+motion boundaries by that flow's own forward-backward test (server.flow.occlusion) are left out; the
+error is the mean over the remaining pixels and the three channels of (O_t - warp(O_t+1))², with O
+the output's colour sRGB-encoded and clipped to 0..1.
 
 Frames whose data windows differ (a moving bounding box, overscan) are compared on a common canvas,
 the union of the windows of the pair: a pixel counts when it lies inside frame t's data window and its
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+import cv2
 import numpy as np
 
 from server import flow
@@ -100,6 +103,44 @@ def view_vectors(frame: Frame, view: str | None, name: str, y_up: bool) -> Plane
     return Plane(flow.from_vectors(part.channels[found[1]], part.channels[found[2]], y_up), part.data_window)
 
 
+FARNEBACK = (0.5, 5, 13, 10, 7, 1.5, 0)
+"""OpenCV Farneback settings of `scoring_flow`: pyramid scale 0.5, 5 levels, window 13, 10 iterations,
+polynomial neighbourhood 7 (sigma 1.5), no flags."""
+
+
+def scoring_flow(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Flow from `source` to `target` (8-bit grey images of one size) for scoring temporal results,
+    independent of the DIS flow the temporal method warps with: the frame's global motion (`_global_motion`),
+    then OpenCV Farneback for what remains (Farneback alone loses motions of more than a few tens of pixels)."""
+    start = _global_motion(source, target)
+    aligned, _ = flow.warp(target, start)
+    rest = cv2.calcOpticalFlowFarneback(source, aligned, None, *FARNEBACK)
+    carried, _ = flow.warp(start, rest)
+    return rest + carried
+
+
+def _global_motion(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """An affine motion field fitted (RANSAC) to corners tracked by pyramidal Lucas-Kanade, kept when the
+    track comes back within a pixel; zero when too few corners hold."""
+    height, width = source.shape
+    zero = np.zeros((height, width, 2), np.float32)
+    corners = cv2.goodFeaturesToTrack(source, 500, 0.01, 7)
+    if corners is None or len(corners) < 6:
+        return zero
+    lk = {"winSize": (21, 21), "maxLevel": 5}
+    moved, found, _ = cv2.calcOpticalFlowPyrLK(source, target, corners, None, **lk)
+    back, found_back, _ = cv2.calcOpticalFlowPyrLK(target, source, moved, None, **lk)
+    kept = (found[:, 0] == 1) & (found_back[:, 0] == 1) & (np.linalg.norm(back - corners, axis=-1)[:, 0] < 1)
+    if kept.sum() < 6:
+        return zero
+    affine, _ = cv2.estimateAffine2D(corners[kept], moved[kept], method=cv2.RANSAC, ransacReprojThreshold=2.0)
+    if affine is None:
+        return zero
+    x, y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    return np.stack([affine[0, 0] * x + affine[0, 1] * y + affine[0, 2] - x,
+                     affine[1, 0] * x + affine[1, 1] * y + affine[1, 2] - y], axis=-1).astype(np.float32)
+
+
 def _union(windows: list[Window]) -> Window:
     return (
         min(w[0] for w in windows), min(w[1] for w in windows), max(w[2] for w in windows), max(w[3] for w in windows)
@@ -166,7 +207,6 @@ def evaluate_temporal(
     frames: list[int],
     flow_from: str | None = None,
     gt_flow: str | None = None,
-    preset: str = "medium",
     y_up: bool = True,
 ) -> TemporalReport:
     """Warping error of the rendered frames `out_pattern` over `frames`, per consecutive pair and view."""
@@ -195,7 +235,7 @@ def evaluate_temporal(
                         "the flow files carry no backward vectors: occlusions are found from motion boundaries only"
                     )
             else:
-                forward, backward = _estimated(sources(t), sources(t + 1), view, current, following, preset)
+                forward, backward = _estimated(sources(t), sources(t + 1), view, current, following)
             report.pairs.append(PairError(t, t + 1, view, pair_error(current, following, forward, backward)))
     return report
 
@@ -206,11 +246,10 @@ def _estimated(
     view: str | None,
     current: Plane,
     following: Plane,
-    preset: str,
 ) -> tuple[Plane, Plane]:
-    """DIS flow both ways between two input plates of a view, on the union of every window of the pair."""
+    """`scoring_flow` both ways between two input plates of a view, on the union of every window of the pair."""
     if view not in source or view not in target:
         raise EvaluationError(f"the input plates have no {view} view")
     canvas = _union([source[view].window, target[view].window, current.window, following.window])
     first, second = (flow.gray8(_on_canvas(plane, canvas)) for plane in (source[view], target[view]))
-    return Plane(flow.estimate(first, second, preset), canvas), Plane(flow.estimate(second, first, preset), canvas)
+    return Plane(scoring_flow(first, second), canvas), Plane(scoring_flow(second, first), canvas)

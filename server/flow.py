@@ -29,8 +29,10 @@ _ENCODE = (np.power(np.arange(65536) / 65535, 1 / 2.2) * 255 + 0.5).astype(np.ui
 
 
 def _encode8(linear: np.ndarray) -> np.ndarray:
-    linear = np.nan_to_num(linear, nan=0.0, posinf=1.0, neginf=0.0).clip(0, 1)
-    return _ENCODE[(linear * 65535 + 0.5).astype(np.uint16)]
+    index = linear * np.float32(65535) + np.float32(0.5)
+    np.clip(index, 0, 65535, out=index)  # infinities clip to the ends
+    index[np.isnan(index)] = 0
+    return _ENCODE[index.astype(np.uint16)]
 
 
 def gray8(rgb: np.ndarray) -> np.ndarray:

@@ -8,6 +8,10 @@ to a minute, so a stage runs eagerly while a background thread compiles it for t
 (its constant arguments and tensor dtypes; sizes are symbolic), and switches over once that is done;
 one thread compiles every stage, one signature at a time.
 Compilation that fails (no C++ compiler on a render node) leaves the stage eager, logged once.
+The compiling thread is not a daemon: a short process (`vst render --embedded` on a few small frames)
+that exited while it compiled was aborted by the C++ runtime (SIGABRT, "terminate called without an
+active exception"). Once the main thread has finished it takes no further work, so a process's exit
+waits for at most the one compilation under way.
 `VST_COMPILE=0` in the environment keeps every stage eager.
 """
 
@@ -86,14 +90,18 @@ _compiler: threading.Thread | None = None
 def _start_compiler() -> None:
     global _compiler
     with _COMPILER_LOCK:
-        if _compiler is None:
-            _compiler = threading.Thread(target=_compile_forever, name="vst-compile", daemon=True)
+        if _compiler is None or not _compiler.is_alive():
+            _compiler = threading.Thread(target=_compile_queued, name="vst-compile")
             _compiler.start()
 
 
-def _compile_forever() -> None:
-    while True:
-        stage, key, args = _COMPILE_QUEUE.get()
+def _compile_queued() -> None:
+    """Run queued compilations until the main thread has finished (the process is exiting)."""
+    while threading.main_thread().is_alive():
+        try:
+            stage, key, args = _COMPILE_QUEUE.get(timeout=0.5)
+        except queue.Empty:
+            continue
         stage._compile(key, args)
 
 

@@ -13,7 +13,8 @@ Per sequence (client + sequence id) and per colour layer:
    from OpenCV DIS optical flow on the inputs otherwise.
 2. After the network has stylized the layer, the previous *result* is warped into this frame and
    blended in by its weight; where only the frame before it is visible, that one's result is, at
-   half weight (`blend`). The result is kept for the next frame, so the blend is recursive.
+   half weight, and a contrast guard keeps the per-frame result's contrast (`blend`). The result is
+   kept for the next frame, so the blend is recursive.
 
 Motion vectors follow Nuke's convention by default: ``backward.u/backward.v`` of frame t point to
 frame t-1, ``forward.u/forward.v`` to frame t+1, in pixels, with v pointing up (``y_up``).
@@ -205,6 +206,16 @@ LONG_TERM = 0.5
 visible: an older, less certain match (at 1 a fast object's surroundings linger behind it longer)."""
 
 
+CONTRAST_KEPT = 0.92
+"""Share of the per-frame result's contrast (per-channel standard deviation) the contrast guard
+restores: averaging frames whose textures differ (a strongly flickering style) pulls the result
+towards its mean, recursively, and a few frames into a shot the style looks washed out. Smaller
+losses are left alone (restoring them raises the frame-to-frame differences a little too)."""
+
+CONTRAST_GAIN = 1.25
+"""Most the contrast guard may raise a blended frame's contrast."""
+
+
 def blend(stylized: torch.Tensor, motion: LayerMotion | None, memory: dict[str, Any], strength: float) -> torch.Tensor:
     """Blend the warped previous results into `stylized` [1,3,H,W] and remember the outcome.
 
@@ -213,23 +224,30 @@ def blend(stylized: torch.Tensor, motion: LayerMotion | None, memory: dict[str, 
     visible (weight v1) its result is blended in; where it is not but the frame before it is (v2),
     that one's result is, at half weight (LONG_TERM):
     out = stylized + strength * (v1 (w1 - stylized) + LONG_TERM (1 - v1) v2 (w2 - stylized)).
+    Then the contrast guard: each channel of `out` whose standard deviation fell below CONTRAST_KEPT
+    of the per-frame result's is scaled about its mean back to that (a gain of at most CONTRAST_GAIN).
     """
     previous, earlier = memory.get("temporal_result"), memory.get("temporal_earlier")
     result = stylized
     if motion is not None and motion.to_previous is not None and previous is not None:
-        warped = _warp(previous, motion.to_previous)
-        weight = _weight(motion.visible, stylized)
-        target = weight * (warped - stylized)
+        visible = _weight(motion.visible, stylized)
+        result = torch.lerp(stylized, _warp(previous, motion.to_previous), strength * visible)
         if motion.to_earlier is not None and earlier is not None:
-            warped = _warp(earlier, motion.to_earlier)
-            fill = LONG_TERM * (1 - weight) * _weight(motion.visible_earlier, stylized)
-            target = target + fill * (warped - stylized)
-        result = stylized + strength * target
+            fill = (strength * LONG_TERM) * (1 - visible) * _weight(motion.visible_earlier, stylized)
+            result.addcmul_(fill, _warp(earlier, motion.to_earlier) - stylized)
+        result = _keep_contrast(result, stylized)
     else:
         previous = None
     memory["temporal_earlier"] = previous
     memory["temporal_result"] = result
     return result
+
+
+def _keep_contrast(blended: torch.Tensor, stylized: torch.Tensor) -> torch.Tensor:
+    """`blended` with each channel's deviation from its mean scaled back towards `stylized`'s (see CONTRAST_KEPT)."""
+    mean = blended.mean((2, 3), keepdim=True)
+    gain = CONTRAST_KEPT * stylized.std((2, 3), keepdim=True) / blended.std((2, 3), keepdim=True).clamp_min(1e-6)
+    return (blended - mean).mul_(gain.clamp_(1, CONTRAST_GAIN)).add_(mean).clamp_(0, 1)
 
 
 def _weight(weight: np.ndarray, like: torch.Tensor) -> torch.Tensor:
@@ -250,4 +268,4 @@ def _warp(image: torch.Tensor, to_image: np.ndarray) -> torch.Tensor:
         axis=-1,
     )
     grid = torch.from_numpy(sample)[None].to(image.device, image.dtype)
-    return F.grid_sample(image, grid, mode="bicubic", padding_mode="border", align_corners=True).clamp(0, 1)
+    return F.grid_sample(image, grid, mode="bicubic", padding_mode="border", align_corners=True).clamp_(0, 1)

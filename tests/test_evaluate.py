@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.evaluate import evaluate_temporal
+from server import flow
+from server.evaluate import evaluate_temporal, scoring_flow
 from vst_plugin.exr import read_exr, write_exr
 from vst_plugin.frame import Frame, Part
 
@@ -96,3 +97,16 @@ def test_multipart_stereo_flow_files_are_read_per_view(shared: Path) -> None:
     report = evaluate_temporal(plates, [1, 2], gt_flow=plates)
     assert "no backward vectors" in report.notes[0]
     assert [(pair.view, np.isfinite(pair.error)) for pair in report.pairs] == [("right", True), ("left", True)]
+
+
+@pytest.mark.parametrize("shift", [(2, -1), (37, -12)])
+def test_scoring_flow_finds_small_and_large_motions(shared: Path, shift: tuple[int, int]) -> None:
+    photo = read_exr(shared / "exr/ScanLines/Desk.exr").parts[0]
+    rgb = np.stack([photo.channels[c] for c in "RGB"], axis=-1).astype(np.float32)
+    grey = flow.gray8(rgb * 0.3 / np.percentile(rgb, 75))
+    dx, dy = shift  # the target shows the source's content moved by (dx, dy)
+    source, target = grey[240:400, 300:500], grey[240 - dy : 400 - dy, 300 - dx : 500 - dx]
+    found = scoring_flow(source, target)
+    seen = found[max(0, -dy) + 8 : 160 - max(0, dy) - 8, max(0, -dx) + 8 : 200 - max(0, dx) - 8]
+    assert np.allclose(np.median(seen.reshape(-1, 2), axis=0), shift, atol=0.05)
+    assert np.mean(np.linalg.norm(seen - np.array(shift, np.float32), axis=-1) < 0.5) > 0.8

@@ -149,6 +149,28 @@ def test_long_term_blend_fills_from_the_frame_before_the_previous_one() -> None:
     assert float(out[0, :, hidden[0], hidden[1]].mean()) == pytest.approx(expected, abs=0.15)
 
 
+def test_contrast_guard_restores_the_per_frame_contrast_up_to_its_limit() -> None:
+    """Blending in a previous result of lower contrast would wash the frame out; the guard scales each
+    channel about its mean back to CONTRAST_KEPT of the per-frame spread, by at most CONTRAST_GAIN,
+    and leaves a small loss alone."""
+    motions = analysed([moving_square(0, flat=False)] * 2)  # a still frame: everything visible, no motion
+    texture = torch.from_numpy(moving_square(0, flat=False).astype(np.float32) / 255).permute(2, 0, 1)[None]
+    for faded, expected in ((0.95, "alone"), (0.8, "restored"), (0.1, "limit")):
+        memory = {"temporal_result": 0.5 + faded * (texture - 0.5)}
+        out = temporal.blend(texture, motions[1], memory, 0.8)
+        weight = 0.8 * torch.from_numpy(motions[1].visible)
+        unguarded = texture + weight * (memory["temporal_earlier"] - texture)
+        gain = out.std((2, 3)) / unguarded.std((2, 3))
+        if expected == "limit":  # too washed out to restore fully: the gain stops at the limit
+            assert torch.allclose(gain, torch.tensor(temporal.CONTRAST_GAIN), atol=0.02)
+        elif expected == "alone":
+            assert torch.allclose(gain, torch.ones(1, 3), atol=1e-3)
+        else:
+            assert torch.allclose(out.std((2, 3)), temporal.CONTRAST_KEPT * texture.std((2, 3)), rtol=0.02)
+        assert torch.allclose(out.mean((2, 3)), unguarded.mean((2, 3)), atol=0.01)
+        assert memory["temporal_result"] is out
+
+
 def test_temporal_mode_lowers_the_warping_error_of_a_pan(server_address: str, photo: np.ndarray) -> None:
     frames = [pan_frame(photo, t) for t in range(8)]
     with Client(server_address, timeout=60) as client:
