@@ -146,9 +146,9 @@ def train_keyframes(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            with torch.no_grad():
-                torch._foreach_lerp_(list(averaged.parameters()), list(net.parameters()), 1 - settings.average)
             step += 1
+            with torch.no_grad():
+                torch._foreach_lerp_(list(averaged.parameters()), list(net.parameters()), 1 - _decay(settings, step))
             value = float(loss.detach())
             smoothed = value if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * value
             if settings.preview_every and (step % settings.preview_every == 0 or step == settings.steps):
@@ -172,6 +172,12 @@ def _learning_rate(settings: KeyframeSettings, step: int) -> float:
     """Cosine decay from the learning rate to 5% of it over the planned steps."""
     progress = min(step / settings.steps, 1.0)
     return settings.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _decay(settings: KeyframeSettings, step: int) -> float:
+    """The average's decay after `step` steps: `average`, shorter early on (at most the last fifth of the
+    steps done), so that a short run is not an average with the untrained start."""
+    return min(settings.average, step / (step + 5))
 
 
 def _figures(device: torch.device) -> dict[str, Any]:
