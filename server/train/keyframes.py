@@ -1,17 +1,15 @@
 """`vst train keyframes`: fit a small keyframe network to painted frames of a shot, on random patches.
 
 The loop: sample aligned patches of plate and painted keyframes, predict, L1 loss, Adam with a cosine
-learning-rate decay; the model written is an exponential moving average of the weights (`average`;
-bench/results/keyframes-cpu-2026-11-28.md, session 2). Every `preview_every` steps the whole first
-keyframe is run and written as a PNG (plate | painted | network); every `checkpoint_every` steps (and
-on Ctrl-C) the training state is saved beside the output so `--resume` continues where it stopped.
-The model is written as safetensors in the `keyframe` family's layout (server/models/keyframe.py)
-with the training settings as metadata, so the server's registry loads it like any other checkpoint.
+learning-rate decay. Every `preview_every` steps the whole first keyframe is run and written as a
+PNG (plate | painted | network); every `checkpoint_every` steps (and on Ctrl-C) the training state
+is saved beside the output so `--resume` continues where it stopped. The model is written as
+safetensors in the `keyframe` family's layout (server/models/keyframe.py) with the training settings
+as metadata, so the server's registry loads it like any other checkpoint.
 """
 
 from __future__ import annotations
 
-import copy
 import datetime
 import math
 import os
@@ -48,8 +46,6 @@ class KeyframeSettings:
     patch: int = 64
     batch: int = 8
     learning_rate: float = 2e-3
-    average: float = 0.995
-    """Decay of the exponential moving average of the weights that is written as the model."""
     width: int = 16
     levels: int = 2
     blocks: int = 4
@@ -116,16 +112,14 @@ def train_keyframes(
     settings.check()
     torch.manual_seed(settings.seed)
     net = keyframe.KeyframeNet(settings.widths(), settings.blocks)
-    averaged = copy.deepcopy(net).requires_grad_(False)
     optimizer = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
     generator = torch.Generator().manual_seed(settings.seed)
     step = 0
     if resume is not None:
-        step = _resume(resume, net, averaged, optimizer, generator)
+        step = _resume(resume, net, optimizer, generator)
         if step >= settings.steps:
             raise TrainingError(f"{resume} has already trained {step} steps; ask for more with --steps")
     net.to(device).train()
-    averaged.to(device).eval()
     _optimizer_to(optimizer, device)
     sampler = PatchSampler(pairs, settings.patch, settings.batch, generator, 2**settings.levels)
     if device.type == "cuda":
@@ -147,23 +141,21 @@ def train_keyframes(
             loss.backward()
             optimizer.step()
             step += 1
-            with torch.no_grad():
-                torch._foreach_lerp_(list(averaged.parameters()), list(net.parameters()), 1 - _decay(settings, step))
             value = float(loss.detach())
             smoothed = value if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * value
             if settings.preview_every and (step % settings.preview_every == 0 or step == settings.steps):
-                write_preview(averaged, pairs[0], preview_path(output), device)
+                write_preview(net, pairs[0], preview_path(output), device)
             if settings.checkpoint_every and step % settings.checkpoint_every == 0:
-                _save_state(state_path(output), net, averaged, optimizer, generator, step, settings)
+                _save_state(state_path(output), net, optimizer, generator, step, settings)
             if progress is not None:
                 progress(step, smoothed, _figures(device))
     except KeyboardInterrupt:
-        _save_state(state_path(output), net, averaged, optimizer, generator, step, settings)
-        _save_model(averaged, output, settings, step, smoothed, time.monotonic() - started, sources)
+        _save_state(state_path(output), net, optimizer, generator, step, settings)
+        _save_model(net, output, settings, step, smoothed, time.monotonic() - started, sources)
         raise
     seconds = time.monotonic() - started
-    _save_model(averaged, output, settings, step, smoothed, seconds, sources)
-    _save_state(state_path(output), net, averaged, optimizer, generator, step, settings)
+    _save_model(net, output, settings, step, smoothed, seconds, sources)
+    _save_state(state_path(output), net, optimizer, generator, step, settings)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     return TrainingResult(output, step, seconds, smoothed, peak, stopped_by_time)
 
@@ -172,12 +164,6 @@ def _learning_rate(settings: KeyframeSettings, step: int) -> float:
     """Cosine decay from the learning rate to 5% of it over the planned steps."""
     progress = min(step / settings.steps, 1.0)
     return settings.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def _decay(settings: KeyframeSettings, step: int) -> float:
-    """The average's decay after `step` steps: `average`, shorter early on (at most the last fifth of the
-    steps done), so that a short run is not an average with the untrained start."""
-    return min(settings.average, step / (step + 5))
 
 
 def _figures(device: torch.device) -> dict[str, Any]:
@@ -236,15 +222,13 @@ def _save_model(
 
 
 def _save_state(
-    path: Path, net: keyframe.KeyframeNet, averaged: keyframe.KeyframeNet, optimizer: torch.optim.Optimizer,
-    generator: torch.Generator, step: int, settings: KeyframeSettings,
+    path: Path, net: keyframe.KeyframeNet, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+    step: int, settings: KeyframeSettings,
 ) -> None:
-    """The resumable state: weights and their average, optimizer moments, step, random generator (plain
-    tensors and values)."""
+    """The resumable state: weights, optimizer moments, step, random generator (plain tensors and values)."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save({
         "model": keyframe.state_dict_of(net),
-        "average": keyframe.state_dict_of(averaged),
         "optimizer": optimizer.state_dict(),
         "step": step,
         "generator": generator.get_state(),
@@ -253,17 +237,11 @@ def _save_state(
     os.replace(temporary, path)
 
 
-def _resume(
-    path: Path, net: keyframe.KeyframeNet, averaged: keyframe.KeyframeNet, optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-) -> int:
-    """Load a training state (or only the weights of a trained model) and return the steps already done.
-
-    A state written before the weights were averaged starts the average at its weights."""
+def _resume(path: Path, net: keyframe.KeyframeNet, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> int:
+    """Load a training state (or only the weights of a trained model) and return the steps already done."""
     if path.suffix == ".safetensors":
         state_dict = read_state_dict(path)
-        for target in (net, averaged):
-            _load_weights(target, state_dict, path)
+        _load_weights(net, state_dict, path)
         return int(state_dict.options.get("trained_steps", 0))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -272,7 +250,6 @@ def _resume(
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise TrainingError(f"cannot resume from {path}: not a vst training state")
     _load_weights(net, state["model"], path)
-    _load_weights(averaged, state.get("average", state["model"]), path)
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
     return int(state["step"])
