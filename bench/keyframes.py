@@ -12,6 +12,13 @@ Plates (scene-linear EXR, 320 px wide) in one sequence:
   per frame and with `--temporal`, as Lai et al.'s warping error (`vst eval temporal`, DIS flow on the
   plates), beside the built-in style's own per-frame render.
 
+A second case is a movie with a painted PNG, the kinds a user of a movie editor has (display-referred):
+Big Buck Bunny's 132 frames at 320x180 as an H.264 movie (`movie.mp4`, frames numbered from 1 as `vst
+render` numbers them); keyframe = movie frame 132 (the bunny standing, rubbing its eyes); held out =
+movie frames 1, 16, 31 (the bunny in its burrow and climbing out). The painting and the
+intended renders are multistyle26's renders of the movie through `vst render` into PNG (the movie's
+Rec.709 code values), scored in those code values.
+
 The model is trained with exactly the checked command (`vst train keyframes PLATES PAINTED --frames 1
 -o MODEL --steps N`) and the held-out frames rendered with `vst render ... --model MODEL --embedded`.
 Score: PSNR of each held-out frame against the intended render, in sRGB-encoded 0..1 (clamped), versus
@@ -19,7 +26,8 @@ two baselines a user already has: copying the painted keyframe (resized to the f
 arbitrary model with the painted keyframe as its style image. The training loss (L1 on the keyframe's
 patches) is not the score.
 
-    .venv/bin/python bench/keyframes.py [--steps 250,1000] [--styles 19] [--strip docs/images/keyframes.png]
+    .venv/bin/python bench/keyframes.py [--steps 250,1000] [--styles 19] [--cases exr,movie]
+        [--strip docs/images/keyframes.png]
 """
 
 from __future__ import annotations
@@ -91,6 +99,70 @@ def make_plates(folder: Path, shared: Path) -> list[int]:
     return [*SAME_SHOT, *PHOTOS]
 
 
+MOVIE_KEYFRAME = 132
+MOVIE_HELD_OUT = (1, 16, 31)
+
+
+def make_movie(path: Path, shared: Path) -> None:
+    """Big Buck Bunny at WIDTH px wide as an H.264 movie, written by vst's own movie writer."""
+    from fractions import Fraction
+
+    from vst_plugin.media import MovieWriter
+
+    video = cv2.VideoCapture(str(shared / "video/bigbuckbunny.mp4"))
+    writer = MovieWriter(str(path), None, Fraction(25), None)
+    while True:
+        ok, bgr = video.read()
+        if not ok:
+            break
+        writer.write(linear_frame(resized(bgr[..., ::-1].astype(np.float32) / 255, WIDTH)))
+    writer.close()
+
+
+def png_rgb(path: Path) -> np.ndarray:
+    """An 8-bit image's code values, 0..1."""
+    import OpenImageIO as oiio
+
+    return oiio.ImageBuf(str(path)).get_pixels(oiio.FLOAT)[..., :3]
+
+
+def vst(*args: str) -> None:
+    subprocess.run([VST, *args], check=True, stderr=subprocess.DEVNULL)
+
+
+def movie_case(work: Path, shared: Path, style: int, steps_list: list[int], reuse: bool) -> list[tuple]:
+    """The movie case (module docstring): rows (style, steps, seconds, frame, copy, arbitrary, trained)."""
+    movie = work / "movie.mp4"
+    if not movie.is_file():
+        make_movie(movie, shared)
+    folder = work / f"movie-style{style}"
+    frames = ",".join(map(str, (*MOVIE_HELD_OUT, MOVIE_KEYFRAME)))
+    vst("render", str(movie), str(folder / "intended.####.png"), "--frames", frames, "--model", "multistyle26",
+        "--style", str(style), "--embedded")
+    painted = folder / f"painted.{MOVIE_KEYFRAME:04d}.png"
+    painted.write_bytes((folder / f"intended.{MOVIE_KEYFRAME:04d}.png").read_bytes())
+    held_out = ",".join(map(str, MOVIE_HELD_OUT))
+    vst("render", str(movie), str(folder / "arbitrary.####.png"), "--frames", held_out, "--style-image", str(painted),
+        "--embedded")
+    rows = []
+    for steps in steps_list:
+        model = folder / f"model{steps}.safetensors"
+        started = time.monotonic()
+        seconds = "reused"
+        if not (reuse and model.is_file()):
+            vst("train", "keyframes", str(movie), str(folder / "painted.####.png"), "--frames", str(MOVIE_KEYFRAME),
+                "-o", str(model), "--steps", str(steps))
+            seconds = f"{time.monotonic() - started:.0f}"
+        vst("render", str(movie), str(folder / f"out{steps}.####.png"), "--frames", held_out, "--model", str(model),
+            "--embedded")
+        for frame in MOVIE_HELD_OUT:
+            target = png_rgb(folder / f"intended.{frame:04d}.png")
+            rows.append((style, steps, seconds, frame, psnr(png_rgb(painted), target),
+                         psnr(png_rgb(folder / f"arbitrary.{frame:04d}.png"), target),
+                         psnr(png_rgb(folder / f"out{steps}.{frame:04d}.png"), target)))
+    return rows
+
+
 def encoded_rgb(path: Path) -> np.ndarray:
     """An EXR's RGB as sRGB-encoded 0..1 (clamped): the space the score is computed in."""
     part = read_exr(path).parts[0]
@@ -129,7 +201,10 @@ def main() -> None:
     parser.add_argument("--strip", type=Path, default=None, help="write the README strip here (first style)")
     parser.add_argument("--work", type=Path, default=None, help="keep the files here (default: a temporary folder)")
     parser.add_argument("--reuse", action="store_true", help="use models already trained in --work")
+    parser.add_argument("--cases", default="exr,movie", help="exr (EXR plates), movie (movie + painted PNG)")
     args = parser.parse_args()
+    cases = args.cases.split(",")
+    steps_list = [int(s) for s in args.steps.split(",")]
     if not (args.shared / "video/bigbuckbunny.mp4").is_file():
         raise SystemExit(f"{args.shared} holds no video/bigbuckbunny.mp4; pass --shared PATH")
     work = args.work or Path(tempfile.mkdtemp(prefix="vst-keyframes-"))
@@ -142,7 +217,7 @@ def main() -> None:
     print("| style | steps | train s | group | frame | copy keyframe | arbitrary | trained | trained - best baseline |")
     print("|---|---|---|---|---|---|---|---|---|")
     summary, stability = [], []
-    for style in [int(s) for s in args.styles.split(",")]:
+    for style in [int(s) for s in args.styles.split(",")] if "exr" in cases else []:
         folder = work / f"style{style}"
         (folder / "intended").mkdir(parents=True, exist_ok=True)
         painted = folder / f"painted.{KEYFRAME:04d}.exr"
@@ -158,7 +233,7 @@ def main() -> None:
             target = encoded_rgb(intended)
             copy = cv2.resize(painted_rgb, target.shape[1::-1], interpolation=cv2.INTER_AREA)
             baselines[frame] = (target, psnr(copy, target), psnr(encoded_rgb(arbitrary), target))
-        for steps in [int(s) for s in args.steps.split(",")]:
+        for steps in steps_list:
             model = folder / f"model{steps}.safetensors"
             started = time.monotonic()
             seconds = "reused"
@@ -171,7 +246,7 @@ def main() -> None:
             frames = ",".join(map(str, held_out))
             subprocess.run([VST, "render", str(plates / "plate.####.exr"), str(out / "out.####.exr"),
                             "--frames", frames, "--model", str(model), "--embedded"], check=True)
-            margins = {"same shot": [], "photographs": []}
+            margins = {"same shot": [], "photographs": [], "movie": []}
             for frame in held_out:
                 target, copy, arbitrary = baselines[frame]
                 trained = psnr(encoded_rgb(out / f"out.{frame:04d}.exr"), target)
@@ -182,22 +257,37 @@ def main() -> None:
                 print(f"| {style} | {steps} | {seconds} | {group} | {name} | {copy:.2f} | {arbitrary:.2f} | "
                       f"{trained:.2f} | {margin:+.2f} |", flush=True)
             summary.append((style, steps, seconds, margins))
-        steps = max(int(s) for s in args.steps.split(","))
+        steps = max(steps_list)
         stability.append((style, steps, measure_stability(plates, folder, style, steps, colours)))
         if args.strip and style == int(args.styles.split(",")[0]):
             write_strip(args.strip, plates, folder, painted_rgb, held_out, steps)
-    print("\n| style | steps | train s | mean margin same shot | min | mean margin photographs | min |")
-    print("|---|---|---|---|---|---|---|")
+    if "movie" in cases:
+        print(f"\nMovie case: movie.mp4 (BBB at {WIDTH} px), keyframe = movie frame {MOVIE_KEYFRAME}, painted PNG; "
+              "PSNR on the PNG code values\n")
+        print("| style | steps | train s | frame | copy keyframe | arbitrary | trained | trained - best baseline |")
+        print("|---|---|---|---|---|---|---|---|")
+        for style in [int(s) for s in args.styles.split(",")]:
+            by_steps: dict[tuple[int, str], list[float]] = {}
+            for _, steps, seconds, frame, copy, arbitrary, trained in movie_case(work, args.shared, style, steps_list,
+                                                                                 args.reuse):
+                margin = trained - max(copy, arbitrary)
+                by_steps.setdefault((steps, seconds), []).append(margin)
+                print(f"| {style} | {steps} | {seconds} | movie {frame} | {copy:.2f} | {arbitrary:.2f} | "
+                      f"{trained:.2f} | {margin:+.2f} |", flush=True)
+            summary += [(style, steps, seconds, {"movie": margins}) for (steps, seconds), margins in by_steps.items()]
+    print("\n| style | steps | train s | group | mean margin | min margin |")
+    print("|---|---|---|---|---|---|")
     for style, steps, seconds, margins in summary:
-        shot, photos = margins["same shot"], margins["photographs"]
-        print(f"| {style} | {steps} | {seconds} | {np.mean(shot):+.2f} | {min(shot):+.2f} | "
-              f"{np.mean(photos):+.2f} | {min(photos):+.2f} |")
-    print("\nStability on Big Buck Bunny frames 61-72 (warping error, sRGB 0..1, lower is steadier):\n")
-    print("| style | steps | built-in style per frame | trained per frame | trained --temporal |")
-    print("|---|---|---|---|---|")
-    for style, steps, errors in stability:
-        values = " | ".join(f"{errors[name]:.2e}" for name in ("intended", "per frame", "temporal"))
-        print(f"| {style} | {steps} | {values} |")
+        for group, values in margins.items():
+            if values:
+                print(f"| {style} | {steps} | {seconds} | {group} | {np.mean(values):+.2f} | {min(values):+.2f} |")
+    if stability:
+        print("\nStability on Big Buck Bunny frames 61-72 (warping error, sRGB 0..1, lower is steadier):\n")
+        print("| style | steps | built-in style per frame | trained per frame | trained --temporal |")
+        print("|---|---|---|---|---|")
+        for style, steps, errors in stability:
+            values = " | ".join(f"{errors[name]:.2e}" for name in ("intended", "per frame", "temporal"))
+            print(f"| {style} | {steps} | {values} |")
     print(f"\nload after: {os.getloadavg()[0]:.1f}; files in {work}")
 
 

@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import cpu_name  # noqa: E402
 from server.stylegan.losses import VGGFeatures  # noqa: E402
 from server.train.style import StyleSettings, read_content, train_style  # noqa: E402
+from vst_plugin.footage import Footage  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
@@ -51,7 +52,9 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=SHARED)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    clips = read_content([str(args.shared / "video/bigbuckbunny.mp4")], None, 128, "lin_rec709", 32)
+    movie = Footage.open(str(args.shared / "video/bigbuckbunny.mp4"), None)
+    clips = read_content([(movie, movie.colorspace)], 128, 32)
+    movie.close()
     style = args.shared / "exr/ScanLines/Carrots.exr"
     vgg = small_vgg16()
     print(f"# train style loss curves\n\n{cpu_name()}, torch {torch.__version__}, 1 thread, "

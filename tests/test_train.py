@@ -25,6 +25,7 @@ from server.pipeline import stylize_planes
 from vst_plugin import Client
 from vst_plugin.cli import main
 from vst_plugin.exr import read_exr, write_exr
+from vst_plugin.footage import Footage
 from vst_plugin.frame import Frame, Part
 from vst_plugin.schema import StylizeSettings
 
@@ -214,7 +215,8 @@ def test_train_style_writes_a_fast_neural_style_model(shot, tmp_path):
 def test_train_style_lowers_its_losses(shot, tmp_path):
     from server.train.style import StyleSettings, read_content, read_vgg, train_style
 
-    clips = read_content([str(shot / "plates/plate.####.exr")], [1, 2, 3], 64, "lin_rec709", 8)
+    plates = Footage.open(str(shot / "plates/plate.####.exr"), "1-3")
+    clips = read_content([(plates, "lin_rec709")], 64, 8)
     settings = StyleSettings(steps=60, size=64, patch=32, batch=2, width=4, blocks=1, learning_rate=1e-2,
                              temporal_weight=1.0)
     result = train_style(shot / "painted/painted.0001.exr", clips, read_vgg(tiny_vgg(tmp_path / "vgg.pth")),
@@ -231,3 +233,107 @@ def test_train_style_refuses_a_file_that_is_not_a_vgg(shot, tmp_path, capsys):
                  str(shot / "plates/plate.0001.exr"), "-o", str(tmp_path / "s.safetensors"), "--vgg", str(not_vgg),
                  *STYLE_SMALL])
     assert code == 1 and "not a torchvision VGG" in capsys.readouterr().err
+
+
+# Keyframes from footage that is not EXR: a PNG sequence and a movie, read by `vst render`'s own readers.
+
+def grade_codes(codes: np.ndarray) -> np.ndarray:
+    """The known "painting" of display-referred footage: a grade of its code values (channels rotated)."""
+    return (0.15 + 0.7 * codes[..., [2, 0, 1]]).clip(0, 1)
+
+
+def write_png(codes: np.ndarray, path: Path) -> None:
+    output = oiio.ImageOutput.create(str(path))
+    assert output.open(str(path), oiio.ImageSpec(codes.shape[1], codes.shape[0], 3, "uint8"))
+    assert output.write_image(np.ascontiguousarray(codes, dtype=np.float32)) and output.close()
+
+
+def read_codes(path: Path) -> np.ndarray:
+    return oiio.ImageBuf(str(path)).get_pixels(oiio.FLOAT)[..., :3]
+
+
+@pytest.fixture(scope="module")
+def distinct_frames(bbb_frames) -> list[np.ndarray]:
+    """Three 8-bit crops of Big Buck Bunny with different content (frames 0, 39, 130: grass, then the bunny)."""
+    frames = bbb_frames(131)
+    return [frames[0], frames[39], frames[130]]
+
+
+def trained_and_rendered(plates: str, painted: str, keyframe: str, rendered: str, out: Path, frames: str,
+                         capsys) -> str:
+    """Train with the checked command line (small network) and render with `vst render ... --embedded`."""
+    model = out / "model.safetensors"
+    assert main(["train", "keyframes", plates, painted, "--frames", keyframe, "-o", str(model), *SMALL,
+                 "--steps", "300", "--preview-every", "0"]) == 0
+    said = capsys.readouterr().err
+    assert main(["render", plates, rendered, "--frames", frames, "--model", str(model), "--embedded"]) == 0
+    return said
+
+
+def test_keyframes_from_a_png_sequence(distinct_frames, tmp_path, capsys):
+    for number, codes in enumerate(distinct_frames, start=1):
+        write_png(codes / 255, tmp_path / f"plate.{number:04d}.png")
+    write_png(grade_codes(distinct_frames[1] / 255), tmp_path / "painted.0002.png")
+    said = trained_and_rendered(str(tmp_path / "plate.####.png"), str(tmp_path / "painted.####.png"), "2",
+                                str(tmp_path / "out.####.png"), tmp_path, "1-3", capsys)
+    assert "PLATES" in said and "PNG sequence, 8-bit (display-referred); colour space srgb_tx" in said
+    for number in (1, 2, 3):
+        plate = read_codes(tmp_path / f"plate.{number:04d}.png")
+        out, intended = read_codes(tmp_path / f"out.{number:04d}.png"), grade_codes(plate)
+        before, after = np.abs(plate - intended).mean(), np.abs(out - intended).mean()
+        print(f"PNG frame {number}: plate vs intended {before:.4f}, trained vs intended {after:.4f}")
+        assert after < (0.3 if number == 2 else 0.7) * before  # few steps of a tiny network
+
+
+@pytest.fixture(scope="module")
+def movie(distinct_frames, tmp_path_factory) -> Path:
+    """A 3-frame ProRes movie of the distinct frames, written by vst's own movie writer."""
+    from fractions import Fraction
+
+    from vst_plugin.media import MovieWriter
+
+    path = tmp_path_factory.mktemp("movie") / "shot.mov"
+    writer = MovieWriter(str(path), None, Fraction(25), None)
+    for codes in distinct_frames:
+        height, width = codes.shape[:2]
+        window = (0, 0, width - 1, height - 1)
+        writer.write(Frame([Part({c: (codes[..., i] / 255).astype(np.float32) for i, c in enumerate("RGB")},
+                                 window, window)]))
+    writer.close()
+    return path
+
+
+def test_keyframes_from_a_movie_count_frames_from_one_and_keep_its_code_values(movie, tmp_path, capsys):
+    """Movie frame 2 (numbered as vst render numbers it) painted as a PNG over the movie's own code values: the
+    render of frames 1 and 3 gives the painting's code values back (the painted PNG is read in the movie's space)."""
+    from vst_plugin.media import MovieReader
+
+    reader = MovieReader(str(movie))
+    decoded = {n: np.stack([reader.read(n).parts[0].channels[c].astype(np.float32) for c in "RGB"], axis=-1)
+               for n in (1, 2, 3)}
+    reader.close()
+    write_png(grade_codes(decoded[2]), tmp_path / "painted.png")
+    said = trained_and_rendered(str(movie), str(tmp_path / "painted.png"), "2", str(tmp_path / "out.####.png"),
+                                tmp_path, "1-3", capsys)
+    assert "movie" in said and "PAINTED" in said and said.count("colour space g24_rec709_tx") == 2
+    for number in (1, 2, 3):
+        out, intended = read_codes(tmp_path / f"out.{number:04d}.png"), grade_codes(decoded[number])
+        before, after = np.abs(decoded[number] - intended).mean(), np.abs(out - intended).mean()
+        print(f"movie frame {number}: plate vs intended {before:.4f}, trained vs intended {after:.4f}")
+        assert after < (0.3 if number == 2 else 0.7) * before  # few steps of a tiny network
+
+
+@pytest.mark.parametrize(("painted", "extra", "message"), [
+    ("small.png", [], "is 40x30 but its plate"),
+    ("painted.png", ["--frames", "1,2"], "several keyframes need a frame token"),
+    ("painted.png", ["--frames", "4"], "has frames 1-3"),
+    ("painted.png", ["--input-colorspace", "raw", "--painted-colorspace", "srgb_tx"], "raw for both or for neither"),
+])
+def test_keyframes_that_cannot_be_paired_are_refused(movie, tmp_path, capsys, painted, extra, message):
+    write_png(np.full((30, 40, 3), 0.5), tmp_path / "small.png")
+    write_png(np.full((72, 128, 3), 0.5), tmp_path / "painted.png")
+    output = tmp_path / "m.safetensors"
+    code = main(["train", "keyframes", str(movie), str(tmp_path / painted), "--frames", "2", "-o", str(output),
+                 *SMALL, "--steps", "5", *extra])
+    assert code == 1 and message in capsys.readouterr().err
+    assert not output.exists()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vst_plugin import install
 from vst_plugin.client import Client, ServerUnavailable, VstError
@@ -43,6 +43,9 @@ from vst_plugin.schema import (
     TemporalSettings,
 )
 from vst_plugin.sequence import SequenceError
+
+if TYPE_CHECKING:
+    from vst_plugin.footage import Footage
 
 COMMANDS_GROUP = "vst.commands"
 """Entry points: functions `register(commands)` that add subcommands (with `run` defaults) to `vst`."""
@@ -332,6 +335,18 @@ def plate_colorspace(first_input: str, command: str = "render") -> str:
     return declared.name
 
 
+def footage_colorspace(footage: Footage, given: str | None, command: str = "render") -> str:
+    """The colour space of `footage`'s pixels: `given` (--input-colorspace), else what a float file's header
+    declares (said on stderr), else its kind's default (linear for float images, sRGB for integer images,
+    Rec.709 for movies). `vst render` and `vst train` decide it here, so a model is trained in the space it serves in.
+    """
+    if given:
+        return given
+    if not footage.display_referred:
+        return plate_colorspace(footage.file(footage.frames[0]), command)
+    return footage.colorspace
+
+
 def run_render(args: argparse.Namespace, on_frame: Callable[[int], None] | None = None) -> int:
     """Stylize a sequence or a movie, several frames in flight, each output written atomically.
 
@@ -350,10 +365,8 @@ def run_render(args: argparse.Namespace, on_frame: Callable[[int], None] | None 
         spec = RenderSpec(args.input, args.output, tuple(footage.frames), render_settings(args, footage.colorspace),
                           args.preroll)
         spec.check()
-        if args.input_colorspace is None and footage.movie is None and not (footage.format and footage.format.integer):
-            declared = plate_colorspace(spec.input_path(spec.frames[0]))  # what a float file says it is
-            spec = replace(spec, settings=replace(spec.settings, colorspace=declared))
-        colorspace = spec.settings.colorspace
+        colorspace = footage_colorspace(footage, args.input_colorspace)
+        spec = replace(spec, settings=replace(spec.settings, colorspace=colorspace))
         destination = Destination.open(args.output, footage, colorspace, args.codec)
     except (SequenceError, FootageError, MediaError, RenderError) as exc:
         raise CommandError(str(exc)) from None

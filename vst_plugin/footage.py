@@ -61,12 +61,8 @@ class Footage:
         """Resolve IN and the optional `--frames` range; raise FootageError, SequenceError or MediaError."""
         if is_movie(name):
             return cls._movie(name, frames)
-        if has_frame_token(name):
-            numbers = parse_frames(frames) if frames else frames_on_disk(name)
-            path = lambda n: frame_path(name, n)  # noqa: E731
-        else:
-            numbers = parse_frames(frames) if frames else [1]
-            path = lambda n: name  # noqa: E731
+        numbers = parse_frames(frames) if frames else (frames_on_disk(name) if has_frame_token(name) else [1])
+        path = lambda n: _file_of(name, n)  # noqa: E731
         kind = os.path.splitext(name)[1].lstrip(".").upper() or "image"
         shape = "sequence" if has_frame_token(name) else "file"
         if is_exr(name):
@@ -97,9 +93,23 @@ class Footage:
         description = f"movie, {size}, {movie.bits}-bit (display-referred)"
         return cls(name, numbers, REC709, description, lambda n: MoviePlate(movie.read(n)), movie=movie, format=fmt)
 
+    @property
+    def display_referred(self) -> bool:
+        """True for integer images and movies: display-encoded values 0..1, not scene-linear ones."""
+        return self.movie is not None or (self.format is not None and self.format.integer)
+
+    def file(self, number: int) -> str:
+        """The file frame `number` is read from (the movie itself for a movie)."""
+        return _file_of(self.name, number)
+
     def close(self) -> None:
         if self.movie is not None:
             self.movie.close()
+
+
+def _file_of(name: str, number: int) -> str:
+    """The file of frame `number` of IN: the pattern's file, or IN itself (a single image, a movie)."""
+    return frame_path(name, number) if has_frame_token(name) else name
 
 
 @dataclass

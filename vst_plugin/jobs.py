@@ -136,6 +136,9 @@ class ExrBytes:
 class ExrPlanes:
     """An EXR file read here (OpenImageIO) and sent as planes; the server returns only what it changed."""
 
+    premultiplied = True
+    """EXR colour is premultiplied by its alpha (the render's settings may say otherwise)."""
+
     def __init__(self, path: str):
         from vst_plugin.exr import read_exr
 

@@ -256,6 +256,8 @@ class ImagePlate:
     def __init__(self, path: str):
         self.path = path
         self.frame, self.format = read_image(path)
+        self.premultiplied = not self.format.unassociated_alpha
+        """False for straight alpha, as PNG stores it: nothing to unpremultiply."""
 
     @classmethod
     def load(cls, path: str) -> ImagePlate:
@@ -266,7 +268,7 @@ class ImagePlate:
         return _file_digest(self.path)
 
     def submit(self, client: Client, **fields: Any) -> Pending:
-        if self.format.unassociated_alpha:  # straight alpha, as PNG stores it: nothing to unpremultiply
+        if not self.premultiplied:
             fields = {**fields, "premultiplied": False}
         return client.submit(self.frame, **fields)
 
@@ -379,6 +381,9 @@ class MovieReader:
 class MoviePlate:
     """One decoded movie frame (jobs.Plate); its digest is that of its pixels."""
 
+    premultiplied = False
+    """Video alpha is straight."""
+
     def __init__(self, frame: Frame):
         self.frame = frame
 
@@ -390,7 +395,7 @@ class MoviePlate:
         return digest.hexdigest()
 
     def submit(self, client: Client, **fields: Any) -> Pending:
-        return client.submit(self.frame, **{**fields, "premultiplied": False})  # video alpha is straight
+        return client.submit(self.frame, **{**fields, "premultiplied": self.premultiplied})
 
 
 def _advance_timecode(timecode: str, frames: int, rate: Fraction) -> str | None:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from vst_plugin.cli import CommandError
+from vst_plugin.cli import CommandError, footage_colorspace
+from vst_plugin.footage import Footage, FootageError
+from vst_plugin.media import REC709, SRGB, MediaError
 from vst_plugin.schema import DEFAULT_COLORSPACE, HIGHLIGHT_POLICIES
-from vst_plugin.sequence import SequenceError, parse_frames
+from vst_plugin.sequence import SequenceError
 
 
 def register(subparsers: Any) -> None:
@@ -28,20 +31,26 @@ def register(subparsers: Any) -> None:
         description="Trains a small feed-forward network (the keyframe family) on random patches of the painted "
         "keyframes and writes it as a checkpoint the server loads: vst render PLATES OUT --model MODEL.safetensors.",
     )
-    keyframes.add_argument("plates", help="plate sequence pattern (plate.####.exr) or one file")
-    keyframes.add_argument("painted", help="painted frames: a pattern with the plates' frame numbers, or one file")
-    keyframes.add_argument("--frames", required=True, help="the painted keyframes, e.g. 1001 or 1001,1050")
+    keyframes.add_argument("plates", help="the plates, as vst render reads them: an image sequence (plate.####.exr, "
+                           "plate.%%04d.png), a single image, or a movie")
+    keyframes.add_argument("painted", help="the painted frames: a sequence with the plates' frame numbers, "
+                           "one image, or a movie of the same frames")
+    keyframes.add_argument("--frames", required=True,
+                           help="the painted keyframes, numbered as vst render numbers the plates (movies from 1), "
+                           "e.g. 1001 or 1001,1050")
     keyframes.add_argument("-o", "--output", required=True, type=Path, help="model file to write (.safetensors)")
     keyframes.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
     keyframes.add_argument("--minutes", type=float, default=None, help="stop after this long even if steps remain")
     keyframes.add_argument("--seed", type=int, default=0, help="random seed of weights and patches (default 0)")
     keyframes.add_argument("--resume", type=Path, default=None, metavar="STATE",
                            help="continue from a MODEL.safetensors.train-state file (or a trained model's weights)")
-    keyframes.add_argument("--input-colorspace", default=DEFAULT_COLORSPACE, metavar="NAME",
-                           help=f"OCIO colour space of the plates, or raw (default {DEFAULT_COLORSPACE}); "
-                           "render with the same")
+    keyframes.add_argument("--input-colorspace", default=None, metavar="NAME",
+                           help="OCIO colour space of the plates, or raw (default: as vst render decides it: what a "
+                           f"float file declares, else {DEFAULT_COLORSPACE}; {SRGB} for integer images, {REC709} "
+                           "for movies); render with the same")
     keyframes.add_argument("--painted-colorspace", default=None, metavar="NAME",
-                           help="OCIO colour space of the painted frames (default: the plates')")
+                           help="OCIO colour space of the painted frames (default: the plates' when both are "
+                           "display-referred, else decided for them as for the plates)")
     keyframes.add_argument("--highlights", default="preserve", choices=HIGHLIGHT_POLICIES,
                            help="highlight policy, as in vst render (default preserve); render with the same")
     keyframes.add_argument("--patch", type=int, default=64, help="training patch side in pixels (default 64)")
@@ -69,8 +78,9 @@ def register(subparsers: Any) -> None:
     )
     style.add_argument("style_image", type=Path, help="the style picture (EXR, PNG, JPEG, ...)")
     style.add_argument("--content", nargs="+", required=True, metavar="PLATES_OR_MOVIE",
-                       help="content: EXR plate patterns (with --content-frames) and/or movie files")
-    style.add_argument("--content-frames", default=None, metavar="LIST", help="frames of the plate patterns")
+                       help="content: image sequences, images and/or movies, as vst render reads them")
+    style.add_argument("--content-frames", default=None, metavar="LIST",
+                       help="frames of the content, numbered as vst render numbers them (default: every frame)")
     style.add_argument("-o", "--output", required=True, type=Path, help="model file to write (.safetensors)")
     style.add_argument("--vgg", required=True, type=Path,
                        help="local VGG16/VGG19 weights in torchvision's layout (features.N.weight), "
@@ -90,11 +100,12 @@ def register(subparsers: Any) -> None:
     style.add_argument("--adversarial-weight", type=float, default=0.0, help="PatchGAN term (default 0: off)")
     style.add_argument("--temporal-weight", type=float, default=0.0,
                        help="consecutive content frames warped by optical flow (default 0: off)")
-    style.add_argument("--content-colorspace", default=DEFAULT_COLORSPACE, metavar="NAME",
-                       help=f"OCIO colour space of EXR content (default {DEFAULT_COLORSPACE})")
+    style.add_argument("--content-colorspace", default=None, metavar="NAME",
+                       help="OCIO colour space of the content (default: as vst render decides it for each)")
     style.add_argument("--style-colorspace", default="auto", metavar="NAME",
                        help="colour space of the style image (auto: lin_rec709 for EXR, sRGB otherwise)")
-    style.add_argument("--max-movie-frames", type=int, default=64, help="frames read from each movie (default 64)")
+    style.add_argument("--max-frames", "--max-movie-frames", type=int, default=64,
+                       help="frames read from each content source, the first ones (default 64)")
     style.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu (default auto)")
     style.add_argument("--threads", type=int, default=_half_the_cores(),
                        help="CPU threads (default: half the cores, so a server on this machine keeps the rest)")
@@ -118,21 +129,29 @@ def run_keyframes(args: argparse.Namespace) -> int:
     if args.output.suffix != ".safetensors":
         raise CommandError(f"-o {args.output}: the model is written as safetensors; name it *.safetensors")
     torch.set_num_threads(max(1, args.threads))
-    settings = KeyframeSettings(
-        steps=args.steps, minutes=args.minutes, seed=args.seed, patch=args.patch, batch=args.batch,
-        learning_rate=args.learning_rate, width=args.width, levels=args.levels, blocks=args.blocks,
-        colorspace=args.input_colorspace, painted_colorspace=args.painted_colorspace or args.input_colorspace,
-        highlights=args.highlights, preview_every=args.preview_every, checkpoint_every=args.checkpoint_every,
-    )
     try:
-        settings.check()
         device = resolve_device(args.device)
-        frames = parse_frames(args.frames)
-        pairs = read_pairs(args.plates, args.painted, frames, settings.colorspace, settings.painted_colorspace,
-                           settings.highlights)
-    except (SequenceError, TrainingDataError, TrainingError, ModelError) as exc:
+        plates, painted = open_footage(args.plates, args.frames, "PLATES"), open_footage(args.painted, args.frames,
+                                                                                          "PAINTED")
+        try:
+            colorspace = footage_colorspace(plates, args.input_colorspace, "train")
+            painted_colorspace = painted_space(plates, painted, colorspace, args.painted_colorspace)
+            settings = KeyframeSettings(
+                steps=args.steps, minutes=args.minutes, seed=args.seed, patch=args.patch, batch=args.batch,
+                learning_rate=args.learning_rate, width=args.width, levels=args.levels, blocks=args.blocks,
+                colorspace=colorspace, painted_colorspace=painted_colorspace, highlights=args.highlights,
+                preview_every=args.preview_every, checkpoint_every=args.checkpoint_every,
+            )
+            settings.check()
+            pairs = read_pairs(plates, painted, colorspace, painted_colorspace, settings.highlights)
+        finally:
+            plates.close()
+            painted.close()
+    except (TrainingDataError, TrainingError, ModelError) as exc:
         raise CommandError(str(exc)) from None
     size = pairs[0].plate.shape
+    for footage, space, role in ((plates, colorspace, "PLATES"), (painted, painted_colorspace, "PAINTED")):
+        print(f"vst train: {role} {footage.name}: {footage.description}; colour space {space}", file=sys.stderr)
     print(f"vst train: {len(pairs)} keyframe(s) of {size[2]}x{size[1]} on {device}; "
           f"preview {preview_path(args.output)}", file=sys.stderr)
     sources = {"plates": args.plates, "painted": args.painted, "keyframes": args.frames}
@@ -158,6 +177,25 @@ def run_keyframes(args: argparse.Namespace) -> int:
     return 0
 
 
+def painted_space(plates: Footage, painted: Footage, colorspace: str, given: str | None) -> str:
+    """The colour space of the painted frames: `given`, else the plates' when both are display-referred (a frame
+    exported from a movie and painted holds the movie's code values: the render gives those codes back), else
+    decided for the painted footage as for any input (a PNG painted over an EXR plate's sRGB view is sRGB)."""
+    if given is None and plates.display_referred and painted.display_referred:
+        return colorspace
+    return footage_colorspace(painted, given, "train")
+
+
+def open_footage(name: str, frames: str | None, role: str) -> Footage:
+    """`name` and its frames found as `vst render` finds them; TrainingDataError naming `role` otherwise."""
+    from server.train.data import TrainingDataError
+
+    try:
+        return Footage.open(name, frames)
+    except (SequenceError, FootageError, MediaError) as exc:
+        raise TrainingDataError(f"{role}: {exc}") from None
+
+
 def run_style(args: argparse.Namespace) -> int:
     """Train a style network from the command line, with a progress bar."""
     import torch
@@ -175,20 +213,25 @@ def run_style(args: argparse.Namespace) -> int:
         steps=args.steps, minutes=args.minutes, seed=args.seed, size=args.size, patch=args.patch, batch=args.batch,
         learning_rate=args.learning_rate, width=args.width, blocks=args.blocks, content_weight=args.content_weight,
         style_weight=args.style_weight, tv_weight=args.tv_weight, adversarial_weight=args.adversarial_weight,
-        temporal_weight=args.temporal_weight, colorspace=args.content_colorspace,
-        style_colorspace=args.style_colorspace,
+        temporal_weight=args.temporal_weight, style_colorspace=args.style_colorspace,
     )
     try:
         settings.check()
         if not args.style_image.is_file():
             raise TrainingDataError(f"style image {args.style_image} does not exist")
         device = resolve_device(args.device)
-        frames = parse_frames(args.content_frames) if args.content_frames else None
-        clips = read_content(args.content, frames, settings.size, settings.colorspace, args.max_movie_frames)
+        sources = [open_footage(name, args.content_frames, "--content") for name in args.content]
+        try:
+            spaces = [footage_colorspace(footage, args.content_colorspace, "train") for footage in sources]
+            clips = read_content(list(zip(sources, spaces, strict=True)), settings.size, args.max_frames)
+        finally:
+            for footage in sources:
+                footage.close()
+        settings = replace(settings, colorspace=" ".join(dict.fromkeys(spaces)))
         vgg = read_vgg(args.vgg)
-    except (SequenceError, TrainingDataError, TrainingError, ModelError) as exc:
+    except (TrainingDataError, TrainingError, ModelError) as exc:
         raise CommandError(str(exc)) from None
-    sources = {"style_image": str(args.style_image), "content": " ".join(args.content), "vgg": str(args.vgg)}
+    names = {"style_image": str(args.style_image), "content": " ".join(args.content), "vgg": str(args.vgg)}
     with tqdm(total=settings.steps, unit="step", desc="vst train style", dynamic_ncols=True) as bar:
         def progress(step: int, values: dict[str, float], figures: dict[str, Any]) -> None:
             bar.n = step
@@ -196,7 +239,7 @@ def run_style(args: argparse.Namespace) -> int:
             bar.update(0)
 
         try:
-            result = train_style(args.style_image, clips, vgg, settings, args.output, device, progress, sources)
+            result = train_style(args.style_image, clips, vgg, settings, args.output, device, progress, names)
         except (TrainingError, TrainingDataError, ModelError) as exc:
             raise CommandError(str(exc)) from None
     memory = "" if result.peak_gpu_bytes is None else f", peak GPU memory {result.peak_gpu_bytes / 2**20:.0f} MiB"

@@ -1,53 +1,77 @@
 """Training images: plates read like the server reads them, in the network's sRGB-encoded 0..1, and random patches.
 
+Frames are found and read by `vst render`'s own readers (vst_plugin/footage.py: EXR and other image
+sequences, single images, movies numbered from 1), so a frame number means the same frame in both.
 A plate goes through the same colour handling as serving (server/pipeline.py, server/colour.py): its
-main colour layer is unpremultiplied by alpha, converted from its colour space to linear Rec.709
-(OCIO), then `to_network` applies the highlight policy and the sRGB encoding. A network trained on
-these values therefore sees at training time exactly what it sees when it serves.
+main colour layer is unpremultiplied by a premultiplying alpha (not PNG's or video's straight one),
+converted from its colour space (decided as `vst render` decides it) to linear Rec.709 (OCIO), then
+`to_network` applies the highlight policy and the sRGB encoding. A network trained on these values
+therefore sees at training time exactly what it sees when it serves.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from server.colour import ColourSpaces, to_network
-from vst_plugin.exr import ExrError, read_exr
-from vst_plugin.frame import colour_layers
+from vst_plugin.exr import ExrError
+from vst_plugin.footage import Footage
+from vst_plugin.frame import Frame, colour_layers
+from vst_plugin.media import MediaError
 from vst_plugin.schema import RAW_COLORSPACE
-from vst_plugin.sequence import frame_path, has_frame_token
+from vst_plugin.sequence import has_frame_token
 
 
 class TrainingDataError(ValueError):
     """A training image is missing, unreadable, or does not match its partner."""
 
 
-def sequence_path(pattern: str, frame: int) -> str:
-    """The file of `frame` in a pattern with a frame token, or the pattern itself when it has none."""
-    return frame_path(pattern, frame) if has_frame_token(pattern) else pattern
-
-
-def read_network_rgb(path: str, colorspace: str, highlights: str, colours: ColourSpaces) -> torch.Tensor:
-    """An image file's main colour layer as the network sees it: [3, H, W] float32, sRGB-encoded 0..1."""
-    try:
-        frame = read_exr(path)
-    except (ExrError, OSError) as exc:
-        raise TrainingDataError(f"cannot read {path}: {exc}") from None
+def network_rgb(frame: Frame, premultiplied: bool, colorspace: str, highlights: str, colours: ColourSpaces,
+                name: str) -> torch.Tensor:
+    """A frame's main colour layer as the network sees it: [3, H, W] float32, sRGB-encoded 0..1 (`name`: for errors)."""
     layers = colour_layers(frame)
     if not layers:
-        raise TrainingDataError(f"{path} has no R, G, B channels to train on")
+        raise TrainingDataError(f"{name} has no R, G, B channels to train on")
     layer = layers[0]
     part = frame.parts[layer.part]
-    rgb = np.stack([part.channels[name] for name in layer.rgb], axis=-1).astype(np.float32)
-    if layer.alpha:
+    rgb = np.stack([part.channels[channel] for channel in layer.rgb], axis=-1).astype(np.float32)
+    if layer.alpha and premultiplied:
         alpha = part.channels[layer.alpha].astype(np.float32)[..., None]
         rgb /= np.where(alpha > 0, alpha, np.float32(1))
     if colorspace != RAW_COLORSPACE:
         rgb = colours.to_linear(rgb, colorspace)
     linear = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
     return to_network(linear, highlights, encode=colorspace != RAW_COLORSPACE).encoded[0].contiguous()
+
+
+def read_frame(footage: Footage, number: int, colorspace: str, highlights: str, colours: ColourSpaces,
+               role: str = "input") -> torch.Tensor:
+    """Frame `number` of `footage` (read as `vst render` reads it) in the network's space; TrainingDataError
+    when it is missing or unreadable (`role` names the footage in the message)."""
+    name = footage.file(number)
+    if footage.movie is None and not os.path.isfile(name):
+        raise TrainingDataError(f"{role} frame {number} is missing: {name}")
+    try:
+        plate = footage.load(number)
+    except (ExrError, MediaError, OSError) as exc:
+        raise TrainingDataError(f"{role} frame {number}: cannot read {name}: {exc}") from None
+    where = f"{name} frame {number}" if footage.movie is not None else name
+    return network_rgb(plate.frame, plate.premultiplied, colorspace, highlights, colours, where)
+
+
+def checked_colours(*spaces: str) -> ColourSpaces:
+    """The colour conversions of the active OCIO config; TrainingDataError when it does not know one of `spaces`."""
+    colours = ColourSpaces()
+    for space in spaces:
+        try:
+            colours.check(space)
+        except ValueError as exc:
+            raise TrainingDataError(str(exc)) from None
+    return colours
 
 
 @dataclass
@@ -60,30 +84,33 @@ class Pair:
 
 
 def read_pairs(
-    plates: str, painted: str, frames: list[int], colorspace: str, painted_colorspace: str, highlights: str
+    plates: Footage, painted: Footage, colorspace: str, painted_colorspace: str, highlights: str
 ) -> list[Pair]:
-    """Read each keyframe's plate and painted frame; TrainingDataError if one is missing or sizes differ."""
-    if len(frames) > 1 and not (has_frame_token(plates) and has_frame_token(painted)):
-        raise TrainingDataError("several keyframes need a frame token (#### or %04d) in both PLATES and PAINTED")
-    colours = ColourSpaces()
-    for space in (colorspace, painted_colorspace):
-        try:
-            colours.check(space)
-        except ValueError as exc:
-            raise TrainingDataError(str(exc)) from None
+    """Read each keyframe (the frames of `plates`) and its painted frame; TrainingDataError if one is missing,
+    unreadable, or of another size, or when the two cannot be paired."""
+    several = len(plates.frames) > 1
+    for footage, role in ((plates, "PLATES"), (painted, "PAINTED")):
+        if several and footage.movie is None and not has_frame_token(footage.name):
+            raise TrainingDataError(f"several keyframes need a frame token (#### or %04d) or a movie as {role}: "
+                                    f"{footage.name} is one image")
+    if (colorspace == RAW_COLORSPACE) != (painted_colorspace == RAW_COLORSPACE):
+        raise TrainingDataError(
+            f"the plates are read as {colorspace} and the painted frames as {painted_colorspace}: a raw side is used "
+            "as it is while the other is converted, so the two can never match; name raw for both or for neither"
+        )
+    colours = checked_colours(colorspace, painted_colorspace)
     pairs = []
-    for frame in frames:
-        plate_file, painted_file = sequence_path(plates, frame), sequence_path(painted, frame)
-        plate = read_network_rgb(plate_file, colorspace, highlights, colours)
-        paint = read_network_rgb(painted_file, painted_colorspace, highlights, colours)
+    for frame in plates.frames:
+        plate = read_frame(plates, frame, colorspace, highlights, colours, "plate")
+        paint = read_frame(painted, frame, painted_colorspace, highlights, colours, "painted")
         if plate.shape != paint.shape:
             raise TrainingDataError(
-                f"frame {frame}: the painted frame {painted_file} is {paint.shape[2]}x{paint.shape[1]} but its plate "
-                f"{plate_file} is {plate.shape[2]}x{plate.shape[1]}; paint over the plate at its own size "
-                "(same data window), without reformatting or cropping"
+                f"frame {frame}: the painted frame {painted.file(frame)} is {paint.shape[2]}x{paint.shape[1]} but its "
+                f"plate {plates.file(frame)} is {plate.shape[2]}x{plate.shape[1]}; paint over the plate at its own "
+                "size (same data window), without reformatting or cropping"
             )
         if min(plate.shape[1:]) < 16:
-            raise TrainingDataError(f"frame {frame}: {plate_file} is smaller than 16 pixels; nothing to learn from")
+            raise TrainingDataError(f"frame {frame}: {plates.file(frame)} is smaller than 16 pixels; nothing to learn")
         pairs.append(Pair(frame, plate, paint))
     return pairs
 

@@ -8,8 +8,8 @@ the style image's), total variation, and optionally a PatchGAN adversarial term 
 patches from the style image) and Ruder et al.'s temporal term (the output of frame t+1 against the
 output of frame t warped along DIS optical flow, occluded pixels left out).
 
-Content comes from EXR plate sequences (read like the server reads them) and movie files (OpenCV),
-scaled so the shorter side is `size`, cropped at random.
+Content comes from any footage `vst render` reads (image sequences, single images, movies; read like
+the server reads them), scaled so the shorter side is `size`, cropped at random.
 """
 
 from __future__ import annotations
@@ -23,13 +23,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from server.colour import ColourSpaces
 from server.flow import estimate, gray8, occlusion
 from server.models import ModelError
 from server.models.checkpoint import read_state_dict
@@ -37,10 +34,9 @@ from server.models.fast_neural_style import TransformerNet
 from server.style_images import read_style_image
 from server.stylegan.losses import VGGFeatures
 from server.train import losses
-from server.train.data import TrainingDataError, read_network_rgb, sequence_path
+from server.train.data import TrainingDataError, checked_colours, read_frame
 from server.train.keyframes import TrainingError
-
-MOVIE_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".m4v", ".webm")
+from vst_plugin.footage import Footage
 
 
 @dataclass(frozen=True)
@@ -116,34 +112,16 @@ def read_vgg(path: Path) -> VGGFeatures:
     return vgg.eval().requires_grad_(False)
 
 
-def read_content(sources: list[str], frames: list[int] | None, size: int, colorspace: str,
-                 limit: int) -> list[list[torch.Tensor]]:
-    """Each source's frames in order, sRGB-encoded 0..1 [3, H, W], the shorter side scaled to `size`."""
-    colours = ColourSpaces()
+def read_content(sources: list[tuple[Footage, str]], size: int, limit: int) -> list[list[torch.Tensor]]:
+    """The first `limit` frames of each (footage, colour space), in order, read as `vst render` reads them and
+    converted as serving converts them: sRGB-encoded 0..1 [3, H, W], the shorter side scaled to `size`."""
+    colours = checked_colours(*(colorspace for _, colorspace in sources))
     clips = []
-    for source in sources:
-        if Path(source).suffix.lower() in MOVIE_SUFFIXES:
-            clip = _movie_frames(source, limit)
-        else:
-            numbers = frames if frames is not None else [0]
-            clip = [read_network_rgb(sequence_path(source, n), colorspace, "preserve", colours) for n in numbers]
+    for footage, colorspace in sources:
+        clip = [read_frame(footage, number, colorspace, "preserve", colours, "content")
+                for number in footage.frames[:limit]]
         clips.append([_scaled(frame, size) for frame in clip])
     return clips
-
-
-def _movie_frames(path: str, limit: int) -> list[torch.Tensor]:
-    video = cv2.VideoCapture(path)
-    if not video.isOpened():
-        raise TrainingDataError(f"cannot open the movie {path}")
-    found = []
-    while len(found) < limit:
-        ok, bgr = video.read()
-        if not ok:
-            break
-        found.append(torch.from_numpy(np.ascontiguousarray(bgr[..., ::-1].transpose(2, 0, 1))).float() / 255)
-    if not found:
-        raise TrainingDataError(f"{path} has no frames OpenCV can decode")
-    return found  # the movie's sRGB-encoded values are already the network's space
 
 
 def _scaled(frame: torch.Tensor, size: int) -> torch.Tensor:
