@@ -72,7 +72,8 @@ class Fused:
             self._compiled(*args)
         except Exception as exc:  # a node without a C++ compiler: stay eager
             self.eager = True
-            _log_failure(exc)
+            if threading.main_thread().is_alive():  # not the process exiting under it
+                _log_failure(exc)
         else:
             self._ready.add(key)
             log.info("%s: compiled for %s", self._eager.__name__, key)
