@@ -100,6 +100,7 @@ def test_verify_lists_missing_and_truncated_frames(tmp_path: Path) -> None:
     assert vst("verify", pattern, "--frames", "1-4").returncode == 0
     (tmp_path / "plate.0002.exr").unlink()
     (tmp_path / ".plate.0004.exr.tmp-123-abcd.exr").write_bytes(b"half a frame")  # a writer killed mid-frame
+    (tmp_path / "..plate.0001.exr.vstkey.tmp-123-abcd.vstkey").write_text("half a key")  # ... mid cache key
     data = (tmp_path / "plate.0003.exr").read_bytes()
     (tmp_path / "plate.0003.exr").write_bytes(data[: len(data) // 2])
     done = vst("verify", pattern, "--frames", "1-5")
@@ -108,7 +109,7 @@ def test_verify_lists_missing_and_truncated_frames(tmp_path: Path) -> None:
     assert re.search(r"2: missing: .*plate\.0002\.exr", done.stderr)
     assert re.search(r"3: unreadable: ", done.stderr) and re.search(r"5: missing: ", done.stderr)
     assert "1:" not in done.stderr and "4:" not in done.stderr
-    assert "removed 1 temporary file(s)" in done.stdout and not list(tmp_path.glob(".plate.*"))
+    assert "removed 2 temporary file(s)" in done.stdout and not list(tmp_path.glob(".*plate.*"))
 
 
 def test_an_idle_server_stops_by_itself(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from vst_plugin.exr import ExrError, read_exr
 from vst_plugin.files import remove_temporaries
+from vst_plugin.jobs import key_path
 
 
 def problems(output: Callable[[int], str], frames: list[int]) -> dict[int, str]:
@@ -29,9 +30,9 @@ def problems(output: Callable[[int], str], frames: list[int]) -> dict[int, str]:
 
 
 def remove_leftovers(output: Callable[[int], str], frames: list[int]) -> int:
-    """Remove the temporary files writers killed mid-frame left beside the frames; return how many.
-    Only for a finished job: a writer still running would lose its file."""
-    return sum(remove_temporaries(output(number)) for number in frames)
+    """Remove the temporary files writers killed mid-frame left beside the frames and their cache-key
+    sidecars; return how many. Only for a finished job: a writer still running would lose its file."""
+    return sum(remove_temporaries(path) for number in frames for path in (output(number), key_path(output(number))))
 
 
 def report(found: dict[int, str], total: int) -> str:
