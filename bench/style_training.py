@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import cpu_name  # noqa: E402
 from server.stylegan.losses import VGGFeatures  # noqa: E402
-from server.train.style import StyleSettings, read_content, train_style  # noqa: E402
+from server.train.settings import StyleSettings  # noqa: E402
+from server.train.style import read_content, train_style  # noqa: E402
 from vst_plugin.footage import Footage  # noqa: E402
 
 SHARED = ROOT.parent / "shared"

@@ -213,7 +213,8 @@ def test_train_style_writes_a_fast_neural_style_model(shot, tmp_path):
 
 
 def test_train_style_lowers_its_losses(shot, tmp_path):
-    from server.train.style import StyleSettings, read_content, read_vgg, train_style
+    from server.train.settings import StyleSettings
+    from server.train.style import read_content, read_vgg, train_style
 
     plates = Footage.open(str(shot / "plates/plate.####.exr"), "1-3")
     clips = read_content([(plates, "lin_rec709")], 64, 8)

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from server.train.settings import KeyframeSettings, StyleSettings, TrainingError
 from vst_plugin.cli import CommandError, footage_colorspace
 from vst_plugin.footage import Footage, FootageError
 from vst_plugin.media import REC709, SRGB, MediaError
@@ -22,6 +23,7 @@ from vst_plugin.sequence import SequenceError
 
 def register(subparsers: Any) -> None:
     """Add `train keyframes` and `train style` to the `vst` command's subparsers."""
+    kf, st = KeyframeSettings, StyleSettings  # every default comes from the settings
     train = subparsers.add_parser("train", help="train a model: from painted keyframes of a shot, or a style image")
     jobs = train.add_subparsers(dest="training", required=True)
 
@@ -39,9 +41,11 @@ def register(subparsers: Any) -> None:
                            help="the painted keyframes, numbered as vst render numbers the plates (movies from 1), "
                            "e.g. 1001 or 1001,1050")
     keyframes.add_argument("-o", "--output", required=True, type=Path, help="model file to write (.safetensors)")
-    keyframes.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
-    keyframes.add_argument("--minutes", type=float, default=None, help="stop after this long even if steps remain")
-    keyframes.add_argument("--seed", type=int, default=0, help="random seed of weights and patches (default 0)")
+    keyframes.add_argument("--steps", type=int, default=kf.steps, help="training steps (default %(default)s)")
+    keyframes.add_argument("--minutes", type=float, default=kf.minutes,
+                           help="stop after this long even if steps remain")
+    keyframes.add_argument("--seed", type=int, default=kf.seed,
+                           help="random seed of weights and patches (default %(default)s)")
     keyframes.add_argument("--resume", type=Path, default=None, metavar="STATE",
                            help="continue from a MODEL.safetensors.train-state file (or a trained model's weights)")
     keyframes.add_argument("--input-colorspace", default=None, metavar="NAME",
@@ -51,19 +55,22 @@ def register(subparsers: Any) -> None:
     keyframes.add_argument("--painted-colorspace", default=None, metavar="NAME",
                            help="OCIO colour space of the painted frames (default: the plates' when both are "
                            "display-referred, else decided for them as for the plates)")
-    keyframes.add_argument("--highlights", default="preserve", choices=HIGHLIGHT_POLICIES,
-                           help="highlight policy, as in vst render (default preserve); render with the same")
-    keyframes.add_argument("--patch", type=int, default=64, help="training patch side in pixels (default 64)")
-    keyframes.add_argument("--batch", type=int, default=8, help="patches per step (default 8)")
-    keyframes.add_argument("--learning-rate", type=float, default=2e-3, help="Adam learning rate (default 0.002)")
-    keyframes.add_argument("--width", type=int, default=16,
-                           help="channels at full resolution, doubled at each level down (default 16)")
-    keyframes.add_argument("--levels", type=int, default=2, help="steps down to half resolution (default 2)")
-    keyframes.add_argument("--blocks", type=int, default=4, help="residual blocks (default 4)")
-    keyframes.add_argument("--preview-every", type=int, default=100, metavar="N",
+    keyframes.add_argument("--highlights", default=kf.highlights, choices=HIGHLIGHT_POLICIES,
+                           help="highlight policy, as in vst render (default %(default)s); render with the same")
+    keyframes.add_argument("--patch", type=int, default=kf.patch,
+                           help="training patch side in pixels (default %(default)s)")
+    keyframes.add_argument("--batch", type=int, default=kf.batch, help="patches per step (default %(default)s)")
+    keyframes.add_argument("--learning-rate", type=float, default=kf.learning_rate,
+                           help="Adam learning rate (default %(default)s)")
+    keyframes.add_argument("--width", type=int, default=kf.width,
+                           help="channels at full resolution, doubled at each level down (default %(default)s)")
+    keyframes.add_argument("--levels", type=int, default=kf.levels,
+                           help="steps down to half resolution (default %(default)s)")
+    keyframes.add_argument("--blocks", type=int, default=kf.blocks, help="residual blocks (default %(default)s)")
+    keyframes.add_argument("--preview-every", type=int, default=kf.preview_every, metavar="N",
                            help="write MODEL.preview.png (plate | painted | network) every N steps (0: never)")
-    keyframes.add_argument("--checkpoint-every", type=int, default=250, metavar="N",
-                           help="save the resumable training state every N steps (default 250)")
+    keyframes.add_argument("--checkpoint-every", type=int, default=kf.checkpoint_every, metavar="N",
+                           help="save the resumable training state every N steps (default %(default)s)")
     keyframes.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu (default auto)")
     keyframes.add_argument("--threads", type=int, default=_half_the_cores(),
                            help="CPU threads (default: half the cores, so a server on this machine keeps the rest)")
@@ -85,24 +92,28 @@ def register(subparsers: Any) -> None:
     style.add_argument("--vgg", required=True, type=Path,
                        help="local VGG16/VGG19 weights in torchvision's layout (features.N.weight), "
                        ".safetensors or a weights-only .pth")
-    style.add_argument("--steps", type=int, default=2000, help="training steps (default 2000)")
-    style.add_argument("--minutes", type=float, default=None, help="stop after this long even if steps remain")
-    style.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    style.add_argument("--size", type=int, default=256, help="content frames' shorter side in pixels (default 256)")
-    style.add_argument("--patch", type=int, default=128, help="training crop side (default 128)")
-    style.add_argument("--batch", type=int, default=4, help="crops per step (default 4)")
-    style.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
-    style.add_argument("--width", type=int, default=32, help="channels of the first layer (default 32, as Johnson)")
-    style.add_argument("--blocks", type=int, default=5, help="residual blocks (default 5)")
-    style.add_argument("--content-weight", type=float, default=1.0)
-    style.add_argument("--style-weight", type=float, default=1e5)
-    style.add_argument("--tv-weight", type=float, default=1e-2)
-    style.add_argument("--adversarial-weight", type=float, default=0.0, help="PatchGAN term (default 0: off)")
-    style.add_argument("--temporal-weight", type=float, default=0.0,
+    style.add_argument("--steps", type=int, default=st.steps, help="training steps (default %(default)s)")
+    style.add_argument("--minutes", type=float, default=st.minutes, help="stop after this long even if steps remain")
+    style.add_argument("--seed", type=int, default=st.seed, help="random seed (default %(default)s)")
+    style.add_argument("--size", type=int, default=st.size,
+                       help="content frames' shorter side in pixels (default %(default)s)")
+    style.add_argument("--patch", type=int, default=st.patch, help="training crop side (default %(default)s)")
+    style.add_argument("--batch", type=int, default=st.batch, help="crops per step (default %(default)s)")
+    style.add_argument("--learning-rate", type=float, default=st.learning_rate,
+                       help="Adam learning rate (default %(default)s)")
+    style.add_argument("--width", type=int, default=st.width,
+                       help="channels of the first layer (default %(default)s, as Johnson)")
+    style.add_argument("--blocks", type=int, default=st.blocks, help="residual blocks (default %(default)s)")
+    style.add_argument("--content-weight", type=float, default=st.content_weight)
+    style.add_argument("--style-weight", type=float, default=st.style_weight)
+    style.add_argument("--tv-weight", type=float, default=st.tv_weight)
+    style.add_argument("--adversarial-weight", type=float, default=st.adversarial_weight,
+                       help="PatchGAN term (default 0: off)")
+    style.add_argument("--temporal-weight", type=float, default=st.temporal_weight,
                        help="consecutive content frames warped by optical flow (default 0: off)")
     style.add_argument("--content-colorspace", default=None, metavar="NAME",
                        help="OCIO colour space of the content (default: as vst render decides it for each)")
-    style.add_argument("--style-colorspace", default="auto", metavar="NAME",
+    style.add_argument("--style-colorspace", default=st.style_colorspace, metavar="NAME",
                        help="colour space of the style image (auto: lin_rec709 for EXR, sRGB otherwise)")
     style.add_argument("--max-frames", "--max-movie-frames", type=int, default=64,
                        help="frames read from each content source, the first ones (default 64)")
@@ -124,7 +135,7 @@ def run_keyframes(args: argparse.Namespace) -> int:
 
     from server.models import ModelError, resolve_device
     from server.train.data import TrainingDataError, read_pairs
-    from server.train.keyframes import KeyframeSettings, TrainingError, preview_path, state_path, train_keyframes
+    from server.train.keyframes import preview_path, state_path, train_keyframes
 
     if args.output.suffix != ".safetensors":
         raise CommandError(f"-o {args.output}: the model is written as safetensors; name it *.safetensors")
@@ -203,8 +214,7 @@ def run_style(args: argparse.Namespace) -> int:
 
     from server.models import ModelError, resolve_device
     from server.train.data import TrainingDataError
-    from server.train.keyframes import TrainingError
-    from server.train.style import StyleSettings, read_content, read_vgg, train_style
+    from server.train.style import read_content, read_vgg, train_style
 
     if args.output.suffix != ".safetensors":
         raise CommandError(f"-o {args.output}: the model is written as safetensors; name it *.safetensors")

@@ -27,50 +27,10 @@ from safetensors.torch import save_file
 from server.models import keyframe
 from server.models.checkpoint import read_state_dict
 from server.train.data import Pair, PatchSampler
+from server.train.settings import KeyframeSettings, TrainingError
 
 STATE_SUFFIX = ".train-state"
 """Suffix of the resumable training state written beside the model (not a model the registry lists)."""
-
-
-class TrainingError(ValueError):
-    """Training cannot start or continue as asked."""
-
-
-@dataclass(frozen=True)
-class KeyframeSettings:
-    """What a keyframe training run depends on besides its images (stored in the model's metadata)."""
-
-    steps: int = 1000
-    minutes: float | None = None
-    seed: int = 0
-    patch: int = 64
-    batch: int = 8
-    learning_rate: float = 2e-3
-    width: int = 16
-    levels: int = 2
-    blocks: int = 4
-    colorspace: str = "lin_rec709"
-    painted_colorspace: str = "lin_rec709"
-    highlights: str = "preserve"
-    preview_every: int = 100
-    checkpoint_every: int = 250
-
-    def check(self) -> None:
-        """Raise TrainingError for settings that cannot train."""
-        if self.steps < 1:
-            raise TrainingError(f"--steps {self.steps}: train at least one step")
-        if self.minutes is not None and not self.minutes > 0:
-            raise TrainingError(f"--minutes {self.minutes}: give a positive time")
-        if self.patch < 16 or self.batch < 1:
-            raise TrainingError("--patch must be at least 16 pixels and --batch at least 1")
-        if min(self.width, self.levels, self.blocks) < 1:
-            raise TrainingError("--width, --levels and --blocks must be at least 1")
-        if self.patch % 2**self.levels:
-            raise TrainingError(f"--patch {self.patch}: use a multiple of {2**self.levels} (2 ** --levels)")
-
-    def widths(self) -> tuple[int, ...]:
-        """Channels at each level: --width at full resolution, doubling at each step down."""
-        return tuple(self.width * 2**level for level in range(self.levels + 1))
 
 
 @dataclass

@@ -35,40 +35,8 @@ from server.style_images import read_style_image
 from server.stylegan.losses import VGGFeatures
 from server.train import losses
 from server.train.data import TrainingDataError, checked_colours, read_frame
-from server.train.keyframes import TrainingError
+from server.train.settings import StyleSettings, TrainingError
 from vst_plugin.footage import Footage
-
-
-@dataclass(frozen=True)
-class StyleSettings:
-    """What a style training run depends on besides its images (stored in the model's metadata)."""
-
-    steps: int = 2000
-    minutes: float | None = None
-    seed: int = 0
-    size: int = 256
-    patch: int = 128
-    batch: int = 4
-    learning_rate: float = 1e-3
-    width: int = 32
-    blocks: int = 5
-    content_weight: float = 1.0
-    style_weight: float = 1e5
-    tv_weight: float = 1e-2
-    adversarial_weight: float = 0.0
-    temporal_weight: float = 0.0
-    colorspace: str = "lin_rec709"
-    style_colorspace: str = "auto"
-
-    def check(self) -> None:
-        """Raise TrainingError for settings that cannot train."""
-        if self.steps < 1 or self.batch < 1 or self.width < 1 or self.blocks < 1:
-            raise TrainingError("--steps, --batch, --width and --blocks must be at least 1")
-        if self.patch < 16 or self.patch % 4 or self.size < self.patch:
-            raise TrainingError(f"--patch {self.patch}: a multiple of 4, at least 16 and at most --size {self.size}")
-        if min(self.content_weight, self.style_weight, self.tv_weight, self.adversarial_weight,
-               self.temporal_weight) < 0:
-            raise TrainingError("loss weights must be >= 0")
 
 
 @dataclass
