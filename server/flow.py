@@ -7,18 +7,36 @@ the frame it belongs to onto the other frame: `backward` flow of frame t points 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
+
+@dataclass(frozen=True)
+class Preset:
+    """OpenCV DIS settings: a DIS preset and what is changed in it (None: the preset's own value)."""
+
+    dis: int
+    finest_scale: int | None = None
+    """Finest pyramid level refined (0: full resolution)."""
+    patch_stride: int | None = None
+    descent_iterations: int | None = None
+    refinement_iterations: int | None = None
+    """Variational refinement iterations at each level."""
+
+
 PRESETS = {
-    "ultrafast": (cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, None),
-    "fast": (cv2.DISOPTICAL_FLOW_PRESET_FAST, None),
-    "medium": (cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, None),
-    "fine": (cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, 0),
+    "ultrafast": Preset(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST),
+    "fast": Preset(cv2.DISOPTICAL_FLOW_PRESET_FAST),
+    "medium": Preset(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, patch_stride=4, descent_iterations=8, refinement_iterations=3),
+    "fine": Preset(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, finest_scale=0),
 }
-"""OpenCV's DIS settings for each preset name a request may give (vst_plugin/schema.py FLOW_PRESETS):
-a DIS preset and the finest pyramid level it refines (None: the preset's own; 0: full resolution,
-for final renders where object edges matter)."""
+"""OpenCV's DIS settings for each preset name a request may give (vst_plugin/schema.py FLOW_PRESETS).
+`medium`, the default, is OpenCV's medium with patches every 4 pixels instead of 3, 8 descent
+iterations instead of 25 and 3 refinement iterations instead of 5: 0.55x its time at 1080p and as
+good on bench/temporal.py's cases (bench/results/temporal-cpu-2026-11-28.md, "Session 4"). `fine`
+refines at full resolution, for final renders where object edges matter."""
 
 ALPHA = 50.0
 """Lai et al.'s photometric weight exp(-ALPHA * |I_t - warp(I_t-1)|^2), on display values 0..1."""
@@ -35,9 +53,12 @@ def _encode8(linear: np.ndarray) -> np.ndarray:
     return _ENCODE[index.astype(np.uint16)]
 
 
+_LUMA = np.array([[0.2126, 0.7152, 0.0722]], np.float32)
+
+
 def gray8(rgb: np.ndarray) -> np.ndarray:
     """An 8-bit grey image for flow from (H, W, 3) linear or encoded values (luma, sRGB-like curve)."""
-    return _encode8(rgb[..., 0] * 0.2126 + rgb[..., 1] * 0.7152 + rgb[..., 2] * 0.0722)
+    return _encode8(cv2.transform(np.asarray(rgb, np.float32), _LUMA))
 
 
 def display8(rgb: np.ndarray) -> np.ndarray:
@@ -53,10 +74,16 @@ def from_vectors(u: np.ndarray, v: np.ndarray, y_up: bool) -> np.ndarray:
 
 def estimate(source: np.ndarray, target: np.ndarray, preset: str = "fast") -> np.ndarray:
     """Optical flow from `source` to `target` (8-bit grey images of one size), OpenCV DIS."""
-    dis_preset, finest = PRESETS[preset]
-    dis = cv2.DISOpticalFlow_create(dis_preset)
-    if finest is not None:
-        dis.setFinestScale(finest)
+    settings = PRESETS[preset]
+    dis = cv2.DISOpticalFlow_create(settings.dis)
+    if settings.finest_scale is not None:
+        dis.setFinestScale(settings.finest_scale)
+    if settings.patch_stride is not None:
+        dis.setPatchStride(settings.patch_stride)
+    if settings.descent_iterations is not None:
+        dis.setGradientDescentIterations(settings.descent_iterations)
+    if settings.refinement_iterations is not None:
+        dis.setVariationalRefinementIterations(settings.refinement_iterations)
     return dis.calc(source, target, None)
 
 

@@ -22,6 +22,10 @@ frame t-1, ``forward.u/forward.v`` to frame t+1, in pixels, with v pointing up (
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,7 +48,9 @@ class LayerMotion:
 
     grey: np.ndarray
     display: np.ndarray
-    """8-bit display image (H, W, 3), for the photometric visibility test."""
+    """8-bit display image (H, W, 3) at 1/step of the size, for the visibility tests."""
+    step: int
+    """The scale the visibility weights are found at (`visibility_step`)."""
     window: Window
     forward: np.ndarray | None
     """Host vectors to the next frame (flow convention), for the next frame's disocclusion test."""
@@ -53,7 +59,7 @@ class LayerMotion:
     visible: np.ndarray | None = None
     """Weight 0..1 that a pixel is visible in the previous frame, at the place `to_previous` says."""
     previous_display: np.ndarray | None = None
-    """The previous frame's display image, for the next frame's long-term term."""
+    """The previous frame's display image (at this frame's step), for the next frame's long-term term."""
     to_earlier: np.ndarray | None = None
     """Flow into the frame before the previous one, when the previous frame continued the sequence too."""
     visible_earlier: np.ndarray | None = None
@@ -72,7 +78,7 @@ class MotionAnalysis:
     """A thread pool that analyses the motion of temporal frames ahead of the model worker."""
 
     def __init__(self, workers: int = 2):
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vst-flow")
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vst-flow", initializer=_yield_to_model)
 
     def close(self) -> None:
         """Finish analyses under way and stop the pool."""
@@ -92,6 +98,19 @@ class MotionAnalysis:
         return self._pool.submit(_analyse, previous, load, layers, settings)
 
 
+ANALYSIS_NICENESS = 10
+"""How much lower than the model worker's the analysis threads' scheduling priority is (Linux: per
+thread): on a CPU the network keeps every core busy, and an analysis taking a core from it stalls
+its parallel sections; at a lower priority the analysis fills the time the network leaves idle."""
+
+
+def _yield_to_model() -> None:
+    """Lower the calling thread's priority by ANALYSIS_NICENESS where the system allows it per thread."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed: keep the priority
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + ANALYSIS_NICENESS)
+
+
 def _analyse(
     previous: Future[Analysis] | None, load: Callable[[], Frame], layers: list[str] | None, settings: TemporalSettings
 ) -> Analysis:
@@ -107,8 +126,10 @@ def _analyse(
         part = frame.parts[layer.part]
         rgb = np.stack([part.channels[name] for name in layer.rgb], axis=-1).astype(np.float32)
         backward = _vectors(frame, layer, settings.backward, settings) if settings.vectors == "auto" else None
+        step = visibility_step(part.data_window)
         motion = LayerMotion(
-            flow.gray8(rgb), flow.display8(rgb), part.data_window, _vectors(frame, layer, settings.forward, settings)
+            flow.gray8(rgb), flow.display8(_shrink(rgb, step)), step, part.data_window,
+            _vectors(frame, layer, settings.forward, settings),
         )
         prior = before.get(layer_key(layer))
         if prior is not None:
@@ -131,6 +152,21 @@ VISIBILITY_PIXELS = 640 * 360
 about this many pixels) and scaled back up; the flows that warp the results keep full resolution."""
 
 
+def visibility_step(window: Window) -> int:
+    """The n at which a layer of this data window finds its visibility weights (1/n of its size)."""
+    width, height = window_size(window)
+    return max(1, round(np.sqrt(width * height / VISIBILITY_PIXELS)))
+
+
+def _display(motion: LayerMotion, step: int) -> np.ndarray:
+    """A layer's display image at 1/step of its size (its own unless its data window changed size)."""
+    if motion.step == step:
+        return motion.display
+    width, height = window_size(motion.window)
+    size = (max(1, round(width / step)), max(1, round(height / step)))
+    return cv2.resize(motion.display, size, interpolation=cv2.INTER_AREA)
+
+
 def _relate(motion: LayerMotion, prior: LayerMotion, backward: np.ndarray | None, settings: TemporalSettings) -> None:
     """Fill `motion`'s flows into the previous frames and their visibility weights."""
     (x0, y0, x1, y1), (px0, py0, px1, py1) = motion.window, prior.window
@@ -145,9 +181,9 @@ def _relate(motion: LayerMotion, prior: LayerMotion, backward: np.ndarray | None
         canvas[window[1] - cy0 : window[1] - cy0 + h, window[0] - cx0 : window[0] - cx0 + w] = image
         return canvas
 
-    step = max(1, round(np.sqrt(width * height / VISIBILITY_PIXELS)))
+    step = motion.step
     small = partial(_shrink, step=step)
-    display, prior_display = small(motion.display), small(prior.display)
+    display, prior_display = motion.display, _display(prior, step)
     offset = np.array([px0 - x0, py0 - y0], np.float32)  # prior-local -> local coordinates
     if backward is not None:
         to_previous = backward - offset
@@ -163,10 +199,10 @@ def _relate(motion: LayerMotion, prior: LayerMotion, backward: np.ndarray | None
             from_previous = cv2.resize(from_previous, prior_display.shape[1::-1], interpolation=cv2.INTER_LINEAR)
         from_previous += offset / step
     motion.to_previous = to_previous
-    motion.previous_display = prior.display
+    motion.previous_display = prior_display
     to_previous = small(to_previous, flow=True)
     motion.visible = _grow(flow.visibility(display, prior_display, to_previous, from_previous), (w, h))
-    if prior.to_previous is not None and prior.previous_display is not None:
+    if prior.to_previous is not None and prior.previous_display is not None and prior.step == step:
         # Into the frame before the previous one, for what the previous frame did not show: through
         # the previous frame's flow, or with the frame's dominant motion twice (the background's,
         # usually, which is what a moving object reveals). Where the input is too flat to tell them
@@ -174,7 +210,7 @@ def _relate(motion: LayerMotion, prior: LayerMotion, backward: np.ndarray | None
         # would otherwise drag its surroundings along behind it.
         chained, _ = flow.warp(small(prior.to_previous, flow=True), to_previous)
         dominant = np.broadcast_to(2 * np.median(to_previous.reshape(-1, 2), axis=0), to_previous.shape)
-        earlier = small(prior.previous_display)
+        earlier = prior.previous_display
         weights = [flow.visibility(display, earlier, c) for c in (to_previous + chained, dominant)]
         chain = weights[0] > weights[1] + 0.25
         motion.to_earlier = _grow(np.where(chain[..., None], to_previous + chained, dominant), (w, h), flow=True)
@@ -195,10 +231,9 @@ def _grow(image: np.ndarray, size: tuple[int, int], flow: bool = False) -> np.nd
     """`image` scaled up to `size` (width, height) (a flow's vectors scaled too)."""
     if image.shape[1] == size[0] and image.shape[0] == size[1]:
         return image
-    grown = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
-    if flow:
-        grown *= np.array([size[0] / image.shape[1], size[1] / image.shape[0]], np.float32)
-    return grown
+    if flow:  # scale the vectors before resizing: fewer of them
+        image = image * np.array([size[0] / image.shape[1], size[1] / image.shape[0]], np.float32)
+    return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
 
 
 LONG_TERM = 0.5
@@ -223,18 +258,19 @@ def blend(stylized: torch.Tensor, motion: LayerMotion | None, memory: dict[str, 
     sequence, a jump) the frame is used as it is and starts the chain. Where the previous frame is
     visible (weight v1) its result is blended in; where it is not but the frame before it is (v2),
     that one's result is, at half weight (LONG_TERM):
-    out = stylized + strength * (v1 (w1 - stylized) + LONG_TERM (1 - v1) v2 (w2 - stylized)).
-    Then the contrast guard: each channel of `out` whose standard deviation fell below CONTRAST_KEPT
-    of the per-frame result's is scaled about its mean back to that (a gain of at most CONTRAST_GAIN).
+    out = stylized + strength * (v1 (w1 - stylized) + LONG_TERM (1 - v1) v2 (w2 - stylized)),
+    the second term only where its weight reaches FILL_FLOOR. Then the contrast guard: each channel
+    of `out` whose standard deviation fell below CONTRAST_KEPT of the per-frame result's is scaled
+    about its mean back to that (a gain of at most CONTRAST_GAIN).
     """
     previous, earlier = memory.get("temporal_result"), memory.get("temporal_earlier")
     result = stylized
     if motion is not None and motion.to_previous is not None and previous is not None:
-        visible = _weight(motion.visible, stylized)
+        visible = torch.from_numpy(motion.visible)[None, None].to(stylized.device, stylized.dtype)
         result = torch.lerp(stylized, _warp(previous, motion.to_previous), strength * visible)
-        if motion.to_earlier is not None and earlier is not None:
-            fill = (strength * LONG_TERM) * (1 - visible) * _weight(motion.visible_earlier, stylized)
-            result.addcmul_(fill, _warp(earlier, motion.to_earlier) - stylized)
+        if motion.to_earlier is not None and motion.visible_earlier is not None and earlier is not None:
+            fill = (strength * LONG_TERM) * (1 - motion.visible) * motion.visible_earlier
+            _fill_from(result, stylized, earlier, motion.to_earlier, fill)
         result = _keep_contrast(result, stylized)
     else:
         previous = None
@@ -243,29 +279,67 @@ def blend(stylized: torch.Tensor, motion: LayerMotion | None, memory: dict[str, 
     return result
 
 
+FILL_FLOOR = 1 / 256
+"""Smallest weight at which the frame before the previous one is blended in: below it the term
+changes a pixel by less than one 8-bit step, and most pixels (visible in the previous frame) are
+left out of the second warp."""
+
+
+def _fill_from(result: torch.Tensor, stylized: torch.Tensor, earlier: torch.Tensor, to_earlier: np.ndarray,
+               fill: np.ndarray) -> None:
+    """result += fill * (warp(earlier) - stylized), in place, on the pixels where fill >= FILL_FLOOR."""
+    chosen = np.flatnonzero(fill >= FILL_FLOOR)
+    if chosen.size == 0:
+        return
+    height, width = fill.shape
+    points = _pixel_grid(height, width).reshape(-1, 2)[chosen] + to_earlier.reshape(-1, 2)[chosen]
+    warped = _sample(earlier, points[None])[0, :, 0]  # [C, N]
+    index = torch.from_numpy(chosen).to(result.device)
+    weight = torch.from_numpy(fill.reshape(-1)[chosen]).to(result.device, result.dtype)
+    channels = result.shape[1]
+    here = stylized[0].reshape(channels, -1).index_select(1, index)
+    result[0].view(channels, -1).index_add_(1, index, warped.sub_(here).mul_(weight))
+
+
+STATISTICS_PIXELS = 256 * 256
+"""The contrast guard measures each channel's mean and spread on every n-th pixel in each direction,
+about this many pixels (a 1080p frame: every 5th), rather than on all of them."""
+
+
 def _keep_contrast(blended: torch.Tensor, stylized: torch.Tensor) -> torch.Tensor:
     """`blended` with each channel's deviation from its mean scaled back towards `stylized`'s (see CONTRAST_KEPT)."""
-    mean = blended.mean((2, 3), keepdim=True)
-    gain = CONTRAST_KEPT * stylized.std((2, 3), keepdim=True) / blended.std((2, 3), keepdim=True).clamp_min(1e-6)
-    return (blended - mean).mul_(gain.clamp_(1, CONTRAST_GAIN)).add_(mean).clamp_(0, 1)
+    height, width = blended.shape[2:]
+    step = max(1, int(np.sqrt(height * width / STATISTICS_PIXELS)))
+    sample = blended[..., ::step, ::step]
+    spread = stylized[..., ::step, ::step].std((2, 3), keepdim=True)
+    gain = (CONTRAST_KEPT * spread / sample.std((2, 3), keepdim=True).clamp_min(1e-6)).clamp_(1, CONTRAST_GAIN)
+    if bool((gain == 1).all()):  # a blend of values in 0..1 with weights summing to at most 1: no clamp needed
+        return blended
+    mean = sample.mean((2, 3), keepdim=True)
+    return (blended - mean).mul_(gain).add_(mean).clamp_(0, 1)
 
 
-def _weight(weight: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-    return torch.from_numpy(weight)[None, None].to(like.device, like.dtype)
+@functools.lru_cache(maxsize=2)
+def _pixel_grid(height: int, width: int) -> np.ndarray:
+    """(H, W, 2) float32 x, y of every pixel (read only: shared between calls)."""
+    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    grid = np.stack([grid_x, grid_y], axis=-1)
+    grid.flags.writeable = False
+    return grid
 
 
 def _warp(image: torch.Tensor, to_image: np.ndarray) -> torch.Tensor:
-    """Sample `image` [1,C,h,w] at each pixel + `to_image` (H, W, 2), bicubic (less blur than bilinear
-    when results are warped again and again), clamped to the network's 0..1."""
-    height, width = to_image.shape[:2]
+    """`image` [1,C,h,w] sampled at each pixel + `to_image` (H, W, 2): [1,C,H,W]."""
+    return _sample(image, _pixel_grid(*to_image.shape[:2]) + to_image)
+
+
+def _sample(image: torch.Tensor, points: np.ndarray) -> torch.Tensor:
+    """`image` [1,C,h,w] at the pixel positions `points` (H, W, 2) x, y, a new array the call may
+    change: [1,C,H,W], bicubic (less blur than bilinear when results are warped again and again),
+    clamped to the network's 0..1."""
     image_h, image_w = image.shape[2:]
-    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-    sample = np.stack(
-        [
-            (grid_x + to_image[..., 0]) * 2 / max(image_w - 1, 1) - 1,
-            (grid_y + to_image[..., 1]) * 2 / max(image_h - 1, 1) - 1,
-        ],
-        axis=-1,
-    )
-    grid = torch.from_numpy(sample)[None].to(image.device, image.dtype)
-    return F.grid_sample(image, grid, mode="bicubic", padding_mode="border", align_corners=True).clamp_(0, 1)
+    grid = torch.from_numpy(points)[None].to(image.device)
+    grid.mul_(torch.tensor([2 / max(image_w - 1, 1), 2 / max(image_h - 1, 1)], device=image.device)).sub_(1)
+    # in float32 whatever the result's type: half has too few bits for the positions of a 1080p frame
+    sampled = F.grid_sample(image.float(), grid, mode="bicubic", padding_mode="border", align_corners=True)
+    return sampled.clamp_(0, 1).to(image.dtype)
