@@ -97,6 +97,34 @@ def analysed(frames: list[np.ndarray], preset: str = "fast") -> list[temporal.La
     return motions
 
 
+def test_a_data_window_that_grows_mid_sequence_keeps_its_visibility() -> None:
+    """Weights are found at 1/n of a large frame's size (n from its own data window): when the window
+    grows past 640x360 between frames, the previous frame's display image is rescaled to the new n
+    and the long-term term waits for two frames at the same n."""
+    from concurrent.futures import Future
+
+    import cv2
+
+    rng = np.random.default_rng(3)
+    scene = cv2.GaussianBlur(rng.uniform(0, 1, (600, 1000, 3)).astype(np.float32), (0, 0), 2) ** 2.2
+    windows = [(100, 80, 739, 431), (100, 80, 739, 431), (20, 20, 979, 563), (20, 20, 979, 563)]  # 640x352, 960x544
+    options = TemporalSettings(strength=0.8, preset="fast")
+    motions, previous = [], None
+    for window in windows:
+        x0, y0, x1, y1 = window
+        channels = {c: np.ascontiguousarray(scene[y0 : y1 + 1, x0 : x1 + 1, i]) for i, c in enumerate("RGB")}
+        done: Future = Future()
+        done.set_result(temporal._analyse(previous, lambda c=channels, w=window: Frame([Part(c, w, w)]), None, options))
+        motions.append(next(iter(done.result()[1].values())))
+        previous = done
+    assert [m.step for m in motions] == [1, 1, 2, 2]
+    grown = motions[2]
+    assert grown.visible.shape == (544, 960) and grown.visible_earlier is None
+    assert grown.visible[60:412, 80:720].mean() > 0.8  # the still scene where the smaller window showed it
+    assert np.median(np.abs(grown.to_previous[60:412, 80:720] - (-80, -60))) < 0.5  # the previous window is offset
+    assert motions[3].visible.mean() > 0.8 and motions[3].visible_earlier is not None
+
+
 def test_visibility_keeps_flat_regions_and_drops_what_a_moving_object_reveals() -> None:
     first, second = analysed([moving_square(0), moving_square(1)])
     background = np.ones((HEIGHT, WIDTH), bool)
