@@ -35,7 +35,7 @@ Per case and style:
 
 Further: flow quality per preset (end-point error against the exact flow: everywhere, within 20 px
 of a moving object's edge, and on flat backgrounds) and analysis speed per preset at 1080p;
-chunk boundaries with and without pre-roll; 1080p throughput temporal / per-frame (alternating passes in
+chunk boundaries with and without pre-roll; 1080p throughput temporal / per-frame for each flow preset (alternating passes in
 one run, wall clock and the server's CPU time);
 and the exact command lines of the held-out check (`vst render ... --embedded [--temporal]` on an
 EXR sequence without motion vectors) on one hard case.
@@ -523,25 +523,33 @@ def warm_up(client: Client, hd: list[np.ndarray], limit: int = 8) -> None:
 
 
 def throughput(client: Client, hd: list[np.ndarray], pid: int, rounds: int) -> None:
-    """Per-frame and temporal passes over the same 1080p frames, alternating `rounds` times (a shared
-    machine's load drifts: alternation spreads it over both modes); wall-clock frames per second and
-    the renderer's CPU seconds per frame (CPU time is less sensitive to other processes than wall time)."""
+    """Per-frame and temporal passes (each flow preset) over the same 1080p frames, alternating `rounds`
+    times (a shared machine's load drifts: alternation spreads it over every mode); wall-clock frames
+    per second and the renderer's CPU seconds per frame (CPU time is less sensitive to other processes
+    than wall time). The headline ratio is the default preset's."""
     warm_up(client, hd)
-    wall: dict[str, list[float]] = {"per-frame": [], "temporal": []}
-    cpu: dict[str, list[float]] = {"per-frame": [], "temporal": []}
+    modes = {"per-frame": None, **{preset: {**TEMPORAL, "preset": preset} for preset in flow.PRESETS}}
+    wall: dict[str, list[float]] = {mode: [] for mode in modes}
+    cpu: dict[str, list[float]] = {mode: [] for mode in modes}
     for round_ in range(rounds):
-        for mode, options in (("per-frame", None), ("temporal", TEMPORAL)):
+        for mode, options in modes.items():
             start, used = time.perf_counter(), cpu_seconds(pid)
             render(client, hd, None, options, f"hd-{mode}-{round_}")
             wall[mode].append(time.perf_counter() - start)
             cpu[mode].append(cpu_seconds(pid) - used)
-            print(f"1080p round {round_ + 1} {mode}: {len(hd) / wall[mode][-1]:.3f} fps, "
+            label = mode if options is None else f"temporal {mode}"
+            print(f"1080p round {round_ + 1} {label}: {len(hd) / wall[mode][-1]:.3f} fps, "
                   f"{cpu[mode][-1] / len(hd):.2f} CPU s/frame (load {os.getloadavg()[0]:.1f})", flush=True)
-    ratio = sum(wall["per-frame"]) / sum(wall["temporal"])
-    rounds_ratio = ", ".join(f"{p / t:.3f}" for p, t in zip(wall["per-frame"], wall["temporal"], strict=True))
-    print(f"\n1080p throughput ({len(hd)} frames per pass, {rounds} alternating rounds, default style and preset): "
-          f"temporal/per-frame {ratio:.3f} (rounds: {rounds_ratio}); CPU time per frame per-frame/temporal "
-          f"{sum(cpu['per-frame']) / sum(cpu['temporal']):.3f}", flush=True)
+    print("\n| preset | temporal fps 1080p | temporal/per-frame (rounds) | by CPU time |\n|---|---|---|---|")
+    for preset in flow.PRESETS:
+        ratio = sum(wall["per-frame"]) / sum(wall[preset])
+        rounds_ratio = ", ".join(f"{p / t:.3f}" for p, t in zip(wall["per-frame"], wall[preset], strict=True))
+        print(f"| {preset} | {len(hd) * rounds / sum(wall[preset]):.3f} | {ratio:.3f} ({rounds_ratio}) | "
+              f"{sum(cpu['per-frame']) / sum(cpu[preset]):.3f} |", flush=True)
+    default = TemporalSettings().preset
+    print(f"\n1080p throughput ({len(hd)} frames per pass, {rounds} alternating rounds, default style, default preset "
+          f"{default}): per-frame {len(hd) * rounds / sum(wall['per-frame']):.3f} fps, temporal/per-frame "
+          f"{sum(wall['per-frame']) / sum(wall[default]):.3f}", flush=True)
 
 
 def held_out_commands(case: Case, vst: str) -> None:
