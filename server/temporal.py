@@ -267,7 +267,7 @@ def blend(stylized: torch.Tensor, motion: LayerMotion | None, memory: dict[str, 
     result = stylized
     if motion is not None and motion.to_previous is not None and previous is not None:
         visible = torch.from_numpy(motion.visible)[None, None].to(stylized.device, stylized.dtype)
-        result = torch.lerp(stylized, _warp(previous, motion.to_previous), strength * visible)
+        result = torch.lerp(stylized, _warp(previous, motion.to_previous), strength * visible).contiguous()
         if motion.to_earlier is not None and motion.visible_earlier is not None and earlier is not None:
             fill = (strength * LONG_TERM) * (1 - motion.visible) * motion.visible_earlier
             _fill_from(result, stylized, earlier, motion.to_earlier, fill)
@@ -287,7 +287,8 @@ left out of the second warp."""
 
 def _fill_from(result: torch.Tensor, stylized: torch.Tensor, earlier: torch.Tensor, to_earlier: np.ndarray,
                fill: np.ndarray) -> None:
-    """result += fill * (warp(earlier) - stylized), in place, on the pixels where fill >= FILL_FLOOR."""
+    """result += fill * (warp(earlier) - stylized), in place (`result` contiguous), on the pixels where
+    fill >= FILL_FLOOR."""
     chosen = np.flatnonzero(fill >= FILL_FLOOR)
     if chosen.size == 0:
         return
