@@ -35,8 +35,8 @@ Per case and style:
 
 Further: flow quality per preset (end-point error against the exact flow: everywhere, within 20 px
 of a moving object's edge, and on flat backgrounds) and analysis speed per preset at 1080p;
-chunk boundaries with and without pre-roll; 1080p throughput temporal / per-frame for each flow preset (alternating passes in
-one run, wall clock and the server's CPU time);
+chunk boundaries with and without pre-roll; 1080p throughput temporal / per-frame for each flow
+preset (alternating passes in one run, wall clock and the server's CPU time);
 and the exact command lines of the held-out check (`vst render ... --embedded [--temporal]` on an
 EXR sequence without motion vectors) on one hard case.
 
