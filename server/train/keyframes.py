@@ -94,7 +94,7 @@ def train_keyframes(
                 stopped_by_time = True
                 break
             for group in optimizer.param_groups:
-                group["lr"] = _learning_rate(settings, step)
+                group["lr"] = learning_rate_at(settings, step)
             plate, painted = (t.to(device) for t in sampler.sample())
             loss = F.l1_loss(net.unclamped(plate), painted)
             optimizer.zero_grad(set_to_none=True)
@@ -120,7 +120,7 @@ def train_keyframes(
     return TrainingResult(output, step, seconds, smoothed, peak, stopped_by_time)
 
 
-def _learning_rate(settings: KeyframeSettings, step: int) -> float:
+def learning_rate_at(settings: KeyframeSettings, step: int) -> float:
     """Cosine decay from the learning rate to 5% of it over the planned steps, ramped up linearly over the
     first `warmup` steps (at most a tenth of them): Adam's first steps at the full rate switch off half
     the network's ReLU units for good (bench/results/keyframes-cpu-2026-11-28.md, session 3)."""
