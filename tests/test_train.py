@@ -22,6 +22,8 @@ from server.colour import ColourSpaces, srgb_decode, srgb_encode
 from server.export import export
 from server.models import ModelRegistry
 from server.pipeline import stylize_planes
+from server.train.keyframes import learning_rate_at
+from server.train.settings import KeyframeSettings
 from vst_plugin import Client
 from vst_plugin.cli import main
 from vst_plugin.exr import read_exr, write_exr
@@ -183,6 +185,18 @@ def test_default_settings_train(shot, tmp_path):
                  "--frames", "1", "-o", str(output), "--steps", "3"])
     assert code == 0
     assert ModelRegistry(allow_paths=True).get(str(output)).info["patch"] == "64"
+    assert ModelRegistry(allow_paths=True).get(str(output)).info["warmup"] == "100"
+
+
+def test_the_learning_rate_warms_up_then_decays():
+    """A linear ramp over the first 100 steps (a tenth of a short run), then the cosine decay to 5%."""
+    rate = KeyframeSettings().learning_rate
+    rates = [learning_rate_at(KeyframeSettings(steps=1000), step) for step in range(1000)]
+    assert rates[0] == pytest.approx(rate / 100, rel=0.02) and rates[49] == pytest.approx(rate / 2, rel=0.02)
+    assert max(rates) == rates[99] and all(a >= b for a, b in zip(rates[99:-1], rates[100:], strict=True))
+    assert rates[-1] == pytest.approx(0.05 * rate, rel=0.01)
+    short = [learning_rate_at(KeyframeSettings(steps=20), step) for step in range(20)]
+    assert short[0] == pytest.approx(short[1] / 2, rel=0.05) and max(short) == short[1]
 
 
 def tiny_vgg(path: Path) -> Path:

@@ -61,7 +61,8 @@ def register(subparsers: Any) -> None:
                            help="training patch side in pixels (default %(default)s)")
     keyframes.add_argument("--batch", type=int, default=kf.batch, help="patches per step (default %(default)s)")
     keyframes.add_argument("--learning-rate", type=float, default=kf.learning_rate,
-                           help="Adam learning rate (default %(default)s)")
+                           help=f"Adam learning rate, reached after a linear warm-up over the first {kf.warmup} "
+                           "steps (at most a tenth of --steps), then decayed (default %(default)s)")
     keyframes.add_argument("--width", type=int, default=kf.width,
                            help="channels at full resolution, doubled at each level down (default %(default)s)")
     keyframes.add_argument("--levels", type=int, default=kf.levels,

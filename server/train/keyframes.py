@@ -1,9 +1,9 @@
 """`vst train keyframes`: fit a small keyframe network to painted frames of a shot, on random patches.
 
-The loop: sample aligned patches of plate and painted keyframes, predict, L1 loss, Adam with a cosine
-learning-rate decay. Every `preview_every` steps the whole first keyframe is run and written as a
-PNG (plate | painted | network); every `checkpoint_every` steps (and on Ctrl-C) the training state
-is saved beside the output so `--resume` continues where it stopped. The model is written as
+The loop: sample aligned patches of plate and painted keyframes, predict, L1 loss, Adam with a short
+linear warm-up and a cosine learning-rate decay. Every `preview_every` steps the whole first keyframe
+is run and written as a PNG (plate | painted | network); every `checkpoint_every` steps (and on
+Ctrl-C) the training state is saved beside the output so `--resume` continues where it stopped. The model is written as
 safetensors in the `keyframe` family's layout (server/models/keyframe.py) with the training settings
 as metadata, so the server's registry loads it like any other checkpoint.
 """
@@ -94,7 +94,7 @@ def train_keyframes(
                 stopped_by_time = True
                 break
             for group in optimizer.param_groups:
-                group["lr"] = _learning_rate(settings, step)
+                group["lr"] = learning_rate_at(settings, step)
             plate, painted = (t.to(device) for t in sampler.sample())
             loss = F.l1_loss(net.unclamped(plate), painted)
             optimizer.zero_grad(set_to_none=True)
@@ -120,10 +120,14 @@ def train_keyframes(
     return TrainingResult(output, step, seconds, smoothed, peak, stopped_by_time)
 
 
-def _learning_rate(settings: KeyframeSettings, step: int) -> float:
-    """Cosine decay from the learning rate to 5% of it over the planned steps."""
+def learning_rate_at(settings: KeyframeSettings, step: int) -> float:
+    """Cosine decay from the learning rate to 5% of it over the planned steps, ramped up linearly over the
+    first `warmup` steps (at most a tenth of them): Adam's first steps at the full rate switch off half
+    the network's ReLU units for good (bench/results/keyframes-cpu-2026-11-28.md, session 3)."""
     progress = min(step / settings.steps, 1.0)
-    return settings.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+    warmup = min(settings.warmup, settings.steps // 10)
+    ramp = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    return ramp * settings.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def _figures(device: torch.device) -> dict[str, Any]:

@@ -21,6 +21,7 @@ class KeyframeSettings:
     patch: int = 64
     batch: int = 8
     learning_rate: float = 2e-3
+    warmup: int = 100
     width: int = 16
     levels: int = 2
     blocks: int = 4
