@@ -136,7 +136,8 @@ def _global_motion(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     affine, _ = cv2.estimateAffine2D(corners[kept], moved[kept], method=cv2.RANSAC, ransacReprojThreshold=2.0)
     if affine is None:
         return zero
-    x, y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    grid = flow.pixel_grid(height, width)
+    x, y = grid[..., 0], grid[..., 1]
     return np.stack([affine[0, 0] * x + affine[0, 1] * y + affine[0, 2] - x,
                      affine[1, 0] * x + affine[1, 1] * y + affine[1, 2] - y], axis=-1).astype(np.float32)
 

@@ -7,6 +7,7 @@ the frame it belongs to onto the other frame: `backward` flow of frame t points 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -87,13 +88,21 @@ def estimate(source: np.ndarray, target: np.ndarray, preset: str = "fast") -> np
     return dis.calc(source, target, None)
 
 
+@functools.lru_cache(maxsize=4)
+def pixel_grid(height: int, width: int) -> np.ndarray:
+    """(H, W, 2) float32 x, y of every pixel (read only: shared between calls)."""
+    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    grid = np.stack([grid_x, grid_y], axis=-1)
+    grid.flags.writeable = False
+    return grid
+
+
 def warp(image: np.ndarray, flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sample `image` at each pixel + flow (bilinear). Returns the warped image and a mask of pixels
     whose sample fell inside `image`."""
-    height, width = flow.shape[:2]
-    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-    map_x = grid_x + flow[..., 0]
-    map_y = grid_y + flow[..., 1]
+    grid = pixel_grid(*flow.shape[:2])
+    map_x = grid[..., 0] + flow[..., 0]
+    map_y = grid[..., 1] + flow[..., 1]
     warped = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     inside = (map_x >= 0) & (map_x <= image.shape[1] - 1) & (map_y >= 0) & (map_y <= image.shape[0] - 1)
     return warped, inside
@@ -113,8 +122,8 @@ def coverage(from_previous: np.ndarray, size: tuple[int, int] | None = None) -> 
     showed; near 0 where it reveals what the previous frame hid (disocclusion)."""
     height, width = from_previous.shape[:2]
     out_w, out_h = size or (width, height)
-    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-    x, y = grid_x + from_previous[..., 0], grid_y + from_previous[..., 1]
+    grid = pixel_grid(height, width)
+    x, y = grid[..., 0] + from_previous[..., 0], grid[..., 1] + from_previous[..., 1]
     x0, y0 = np.floor(x), np.floor(y)
     fx, fy = x - x0, y - y0
     x0, y0 = x0.astype(np.int64), y0.astype(np.int64)

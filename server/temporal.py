@@ -23,7 +23,6 @@ frame t-1, ``forward.u/forward.v`` to frame t+1, in pixels, with v pointing up (
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import threading
 from collections.abc import Callable
@@ -162,9 +161,7 @@ def _display(motion: LayerMotion, step: int) -> np.ndarray:
     """A layer's display image at 1/step of its size (its own unless its data window changed size)."""
     if motion.step == step:
         return motion.display
-    width, height = window_size(motion.window)
-    size = (max(1, round(width / step)), max(1, round(height / step)))
-    return cv2.resize(motion.display, size, interpolation=cv2.INTER_AREA)
+    return cv2.resize(motion.display, _shrunk_size(*window_size(motion.window), step), interpolation=cv2.INTER_AREA)
 
 
 def _relate(motion: LayerMotion, prior: LayerMotion, backward: np.ndarray | None, settings: TemporalSettings) -> None:
@@ -222,9 +219,13 @@ def _shrink(image: np.ndarray, step: int, flow: bool = False) -> np.ndarray:
     if step == 1:
         return image
     height, width = image.shape[:2]
-    size = (max(1, round(width / step)), max(1, round(height / step)))
-    shrunk = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    shrunk = cv2.resize(image, _shrunk_size(width, height, step), interpolation=cv2.INTER_AREA)
     return shrunk / np.float32(step) if flow else shrunk
+
+
+def _shrunk_size(width: int, height: int, step: int) -> tuple[int, int]:
+    """(width, height) of an image of this size at 1/step of it."""
+    return max(1, round(width / step)), max(1, round(height / step))
 
 
 def _grow(image: np.ndarray, size: tuple[int, int], flow: bool = False) -> np.ndarray:
@@ -293,7 +294,7 @@ def _fill_from(result: torch.Tensor, stylized: torch.Tensor, earlier: torch.Tens
     if chosen.size == 0:
         return
     height, width = fill.shape
-    points = _pixel_grid(height, width).reshape(-1, 2)[chosen] + to_earlier.reshape(-1, 2)[chosen]
+    points = flow.pixel_grid(height, width).reshape(-1, 2)[chosen] + to_earlier.reshape(-1, 2)[chosen]
     warped = _sample(earlier, points[None])[0, :, 0]  # [C, N]
     index = torch.from_numpy(chosen).to(result.device)
     weight = torch.from_numpy(fill.reshape(-1)[chosen]).to(result.device, result.dtype)
@@ -320,18 +321,9 @@ def _keep_contrast(blended: torch.Tensor, stylized: torch.Tensor) -> torch.Tenso
     return (blended - mean).mul_(gain).add_(mean).clamp_(0, 1)
 
 
-@functools.lru_cache(maxsize=2)
-def _pixel_grid(height: int, width: int) -> np.ndarray:
-    """(H, W, 2) float32 x, y of every pixel (read only: shared between calls)."""
-    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-    grid = np.stack([grid_x, grid_y], axis=-1)
-    grid.flags.writeable = False
-    return grid
-
-
 def _warp(image: torch.Tensor, to_image: np.ndarray) -> torch.Tensor:
     """`image` [1,C,h,w] sampled at each pixel + `to_image` (H, W, 2): [1,C,H,W]."""
-    return _sample(image, _pixel_grid(*to_image.shape[:2]) + to_image)
+    return _sample(image, flow.pixel_grid(*to_image.shape[:2]) + to_image)
 
 
 def _sample(image: torch.Tensor, points: np.ndarray) -> torch.Tensor:
