@@ -21,6 +21,7 @@ class Preset:
     dis: int
     finest_scale: int | None = None
     """Finest pyramid level refined (0: full resolution)."""
+    patch_size: int | None = None
     patch_stride: int | None = None
     descent_iterations: int | None = None
     refinement_iterations: int | None = None
@@ -30,17 +31,21 @@ class Preset:
 PRESETS = {
     "ultrafast": Preset(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST),
     "fast": Preset(cv2.DISOPTICAL_FLOW_PRESET_FAST),
-    "medium": Preset(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, patch_stride=4, descent_iterations=8, refinement_iterations=3),
+    "medium": Preset(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, patch_size=4, patch_stride=4, descent_iterations=8,
+                     refinement_iterations=5),
     "fine": Preset(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, finest_scale=0),
 }
 """OpenCV's DIS settings for each preset name a request may give (vst_plugin/schema.py FLOW_PRESETS).
-`medium`, the default, is OpenCV's medium with patches every 4 pixels instead of 3, 8 descent
-iterations instead of 25 and 3 refinement iterations instead of 5: 0.55x its time at 1080p and as
-good on bench/temporal.py's cases (bench/results/temporal-cpu-2026-11-28.md, "Session 4"). `fine`
-refines at full resolution, for final renders where object edges matter."""
+`medium`, the default, is OpenCV's medium with 4x4 patches every 4 pixels instead of 8x8 ones every
+3 and 8 descent iterations instead of 25: 0.55x its time at 1080p; the small patches keep a moving
+object's motion out of a flat background beside it, where 8x8 ones (16 px at the half resolution
+it works at) smear it (bench/results/temporal-cpu-2026-11-28.md, "Session 5"). `fine` refines at
+full resolution, for final renders where object edges matter."""
 
-ALPHA = 50.0
-"""Lai et al.'s photometric weight exp(-ALPHA * |I_t - warp(I_t-1)|^2), on display values 0..1."""
+ALPHA = 25.0
+"""Lai et al.'s photometric weight exp(-ALPHA * |I_t - warp(I_t-1)|^2), on display values 0..1 (their 50
+rejected too much of real footage's moving subjects: bench/results/temporal-cpu-2026-11-28.md,
+"Session 5")."""
 
 
 _ENCODE = (np.power(np.arange(65536) / 65535, 1 / 2.2) * 255 + 0.5).astype(np.uint8)
@@ -79,6 +84,8 @@ def estimate(source: np.ndarray, target: np.ndarray, preset: str = "fast") -> np
     dis = cv2.DISOpticalFlow_create(settings.dis)
     if settings.finest_scale is not None:
         dis.setFinestScale(settings.finest_scale)
+    if settings.patch_size is not None:
+        dis.setPatchSize(settings.patch_size)
     if settings.patch_stride is not None:
         dis.setPatchStride(settings.patch_stride)
     if settings.descent_iterations is not None:
