@@ -20,10 +20,9 @@ from safetensors import safe_open
 
 from server.colour import ColourSpaces, srgb_decode, srgb_encode
 from server.export import export
-from server.models import ModelRegistry, keyframe
+from server.models import ModelRegistry
 from server.pipeline import stylize_planes
-from server.tiling import run_untiled
-from server.train.keyframes import blurred, learning_rate_at
+from server.train.keyframes import learning_rate_at
 from server.train.settings import KeyframeSettings
 from vst_plugin import Client
 from vst_plugin.cli import main
@@ -187,43 +186,6 @@ def test_default_settings_train(shot, tmp_path):
     assert code == 0
     assert ModelRegistry(allow_paths=True).get(str(output)).info["patch"] == "64"
     assert ModelRegistry(allow_paths=True).get(str(output)).info["warmup"] == "100"
-    assert ModelRegistry(allow_paths=True).get(str(output)).info["blur"] == "1.0"
-    with safe_open(output, "pt") as opened:
-        assert not opened.get_tensor("keyframe.adds_plate")  # paints the whole picture
-
-
-def test_an_older_checkpoint_still_adds_the_plate():
-    """Checkpoints from before `adds_plate` was written load as the network that adds the plate; both kinds
-    tile as they run."""
-    torch.manual_seed(0)
-    rgb = torch.rand(1, 3, 32, 48)
-    for adds_plate in (True, False):
-        net = keyframe.KeyframeNet((4, 8, 16), 1, adds_plate).eval()
-        for parameter in net.parameters():
-            torch.nn.init.normal_(parameter, std=0.1)
-        state = keyframe.state_dict_of(net)
-        if adds_plate:
-            del state["keyframe.adds_plate"]  # the layout written by earlier versions
-        loaded = keyframe.build(state).eval()
-        assert bool(loaded.adds_plate) == adds_plate
-        with torch.no_grad():
-            assert torch.equal(loaded(rgb), net(rgb))
-            assert (run_untiled(keyframe.plan(loaded, {}), rgb) - net(rgb)).abs().max() < 1e-6
-    plain = keyframe.KeyframeNet((4, 8, 16), 1, adds_plate=False)
-    assert torch.allclose(plain(rgb), torch.full_like(rgb, 0.5))  # starts as mid grey; the older kind as the identity
-    assert torch.allclose(keyframe.KeyframeNet((4, 8, 16), 1)(rgb), rgb)
-
-
-def test_the_painting_is_blurred_for_the_loss():
-    """A flat image stays flat, the mean is kept, a point spreads over about sigma pixels, sigma 0 is a no-op."""
-    flat = torch.full((3, 20, 30), 0.3)
-    assert torch.allclose(blurred(flat, 1.0), flat)
-    point = torch.zeros(1, 21, 21)
-    point[0, 10, 10] = 1.0
-    spread = blurred(point, 1.0)[0]
-    assert spread.sum() == pytest.approx(1.0, abs=1e-5)
-    assert spread[10, 10] == pytest.approx(1 / (2 * np.pi), rel=0.05) and spread[10, 11] < spread[10, 10]
-    assert blurred(point, 0.0) is point
 
 
 def test_the_learning_rate_warms_up_then_decays():

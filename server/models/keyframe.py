@@ -10,17 +10,11 @@ network would see other statistics on a full frame than on its training patches)
     keyframe.body.{i}.conv{1,2}  residual blocks of two 3x3 convs at the coarsest level, ReLU between
     keyframe.up.{i}              nearest x2 + conv 3x3, back up one level, + that level's activation
                                  from the way down, ReLU
-    keyframe.tail                conv 3x3, C0 -> 3, [+ the input,] clamped to 0..1
-    keyframe.adds_plate          bool: whether the tail adds the input (absent in older checkpoints: true)
+    keyframe.tail                conv 3x3, C0 -> 3, + the input, clamped to 0..1
 
 Every conv is reflection padding of k//2 and a conv with bias; input and output are sRGB-encoded
 0..1. Widths, levels and the number of blocks are read from the tensor shapes. Training options are stored
 as safetensors metadata (`server/train/keyframes.py`) and shown by `vst models`.
-
-`vst train keyframes` used to train networks that add the plate to their output (they start as the
-identity and learn the change); it now trains networks that paint the whole picture (they start as mid
-grey): those keep less of the plate's fine detail where the painting abstracts it, which scored better on
-frames the network never saw (bench/results/keyframes-cpu-2026-11-28.md, session 4).
 """
 
 from __future__ import annotations
@@ -75,7 +69,7 @@ class KeyframeNet(nn.Module):
     activation from the way down (a U-Net with additive skips).
     """
 
-    def __init__(self, widths: tuple[int, ...] = (16, 32, 64), blocks: int = 4, adds_plate: bool = True):
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64), blocks: int = 4):
         super().__init__()
         self.head = _conv(3, widths[0])
         steps = list(zip(widths[:-1], widths[1:], strict=True))
@@ -83,9 +77,8 @@ class KeyframeNet(nn.Module):
         self.body = nn.ModuleList(Block(widths[-1]) for _ in range(blocks))
         self.up = nn.ModuleList(_conv(b, a) for a, b in reversed(steps))
         self.tail = _conv(widths[0], 3)
-        self.register_buffer("adds_plate", torch.tensor(adds_plate))
-        nn.init.zeros_(self.tail.weight)  # starts as the identity (adds_plate) or as mid grey
-        nn.init.constant_(self.tail.bias, 0.0 if adds_plate else 0.5)
+        nn.init.zeros_(self.tail.weight)  # starts as the identity: the painting is learnt as a change
+        nn.init.zeros_(self.tail.bias)
 
     def unclamped(self, x: torch.Tensor) -> torch.Tensor:
         """The output before clamping (training uses it, so gradients reach saturated pixels)."""
@@ -99,8 +92,7 @@ class KeyframeNet(nn.Module):
             h = block(h)
         for conv in self.up:
             h = F.relu(_same(conv, h, upsample=True) + skips.pop())
-        painted = _same(self.tail, h)
-        return x + painted if self.adds_plate else painted
+        return x + _same(self.tail, h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.unclamped(x).clamp(0, 1)
@@ -116,21 +108,13 @@ def state_dict_of(net: KeyframeNet) -> dict[str, torch.Tensor]:
     return {PREFIX + key: value.detach().cpu().contiguous() for key, value in net.state_dict().items()}
 
 
-def weights_of(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The state dict without the prefix, as `KeyframeNet.load_state_dict` takes it (older checkpoints,
-    which lack `adds_plate`, added the plate)."""
-    weights = {key.removeprefix(PREFIX): value for key, value in state_dict.items() if key.startswith(PREFIX)}
-    weights.setdefault("adds_plate", torch.tensor(True))
-    return weights
-
-
 def build(state_dict: dict[str, torch.Tensor]) -> KeyframeNet:
     """A `KeyframeNet` with widths and block count from the shapes, holding those weights."""
-    weights = weights_of(state_dict)
+    weights = {key.removeprefix(PREFIX): value for key, value in state_dict.items() if key.startswith(PREFIX)}
     blocks = sum(1 for key in state_dict if _BLOCK.fullmatch(key))
     levels = sum(1 for key in state_dict if _DOWN.fullmatch(key))
     widths = (weights["head.weight"].shape[0], *(weights[f"down.{i}.weight"].shape[0] for i in range(levels)))
-    net = KeyframeNet(widths, blocks, bool(weights["adds_plate"]))
+    net = KeyframeNet(widths, blocks)
     net.load_state_dict(weights)
     return net
 
@@ -147,16 +131,14 @@ def plan(module: nn.Module, values: dict[str, Any]) -> Plan:
     """The network as tiling steps (server/tiling.py); export builds from the same steps."""
     net: KeyframeNet = module
     relu = Act("relu")
-    adds_plate = bool(net.adds_plate)
-    steps: Plan = [Push()] if adds_plate else []  # the input, for the tail's sum
-    steps += [_step(net.head), relu]
+    steps: Plan = [Push(), _step(net.head), relu]
     for conv in net.down:  # keep the finer level's activation for the way up
         steps += [Push(), _step(conv), relu]
     for block in net.body:
         steps += [Push(), _step(block.conv1), relu, _step(block.conv2), Add()]
     for conv in net.up:
         steps += [_step(conv, upsample=True), Add(), relu]
-    return steps + [_step(net.tail), *([Add()] if adds_plate else []), Act("clamp", 1.0)]
+    return steps + [_step(net.tail), Add(), Act("clamp", 1.0)]
 
 
 def load(state_dict: dict[str, torch.Tensor]) -> ModelDescriptor:

@@ -1,12 +1,11 @@
 """`vst train keyframes`: fit a small keyframe network to painted frames of a shot, on random patches.
 
-The loop: sample aligned patches of plate and painted keyframes (the painting slightly blurred),
-predict, L1 loss, Adam with a short linear warm-up and a cosine learning-rate decay. Every
-`preview_every` steps the whole first keyframe is run and written as a PNG (plate | painted |
-network); every `checkpoint_every` steps (and on Ctrl-C) the training state is saved beside the
-output so `--resume` continues where it stopped. The model is written as safetensors in the
-`keyframe` family's layout (server/models/keyframe.py) with the training settings as metadata, so
-the server's registry loads it like any other checkpoint.
+The loop: sample aligned patches of plate and painted keyframes, predict, L1 loss, Adam with a short
+linear warm-up and a cosine learning-rate decay. Every `preview_every` steps the whole first keyframe
+is run and written as a PNG (plate | painted | network); every `checkpoint_every` steps (and on
+Ctrl-C) the training state is saved beside the output so `--resume` continues where it stopped. The model is written as
+safetensors in the `keyframe` family's layout (server/models/keyframe.py) with the training settings
+as metadata, so the server's registry loads it like any other checkpoint.
 """
 
 from __future__ import annotations
@@ -72,7 +71,7 @@ def train_keyframes(
     """Train a keyframe network on `pairs` and write it to `output` (safetensors); see the module docstring."""
     settings.check()
     torch.manual_seed(settings.seed)
-    net = keyframe.KeyframeNet(settings.widths(), settings.blocks, adds_plate=False)
+    net = keyframe.KeyframeNet(settings.widths(), settings.blocks)
     optimizer = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
     generator = torch.Generator().manual_seed(settings.seed)
     step = 0
@@ -82,8 +81,7 @@ def train_keyframes(
             raise TrainingError(f"{resume} has already trained {step} steps; ask for more with --steps")
     net.to(device).train()
     _optimizer_to(optimizer, device)
-    targets = [Pair(pair.frame, pair.plate, blurred(pair.painted, settings.blur)) for pair in pairs]
-    sampler = PatchSampler(targets, settings.patch, settings.batch, generator, 2**settings.levels)
+    sampler = PatchSampler(pairs, settings.patch, settings.batch, generator, 2**settings.levels)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.monotonic()
@@ -130,25 +128,6 @@ def learning_rate_at(settings: KeyframeSettings, step: int) -> float:
     warmup = min(settings.warmup, settings.steps // 10)
     ramp = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
     return ramp * settings.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def blurred(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """`image` [C, H, W] blurred by a Gaussian of `sigma` pixels (reflected at the edges; 0: unchanged).
-
-    The loss compares the network with the painting blurred by `KeyframeSettings.blur`: where the
-    painting's finest strokes cannot be predicted from the plate, their local mean is what scores best,
-    and asking for it lets the network spend itself on what it can predict (session 4 of
-    bench/results/keyframes-cpu-2026-11-28.md).
-    """
-    if sigma <= 0:
-        return image
-    radius = max(1, round(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=image.dtype)
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel = (kernel / kernel.sum()).repeat(image.shape[0], 1, 1, 1)
-    x = F.pad(image[None], (radius,) * 4, mode="reflect")
-    x = F.conv2d(x, kernel.view(-1, 1, 1, 2 * radius + 1), groups=image.shape[0])
-    return F.conv2d(x, kernel.view(-1, 1, 2 * radius + 1, 1), groups=image.shape[0])[0]
 
 
 def _figures(device: torch.device) -> dict[str, Any]:
@@ -241,16 +220,14 @@ def _resume(path: Path, net: keyframe.KeyframeNet, optimizer: torch.optim.Optimi
 
 
 def _load_weights(net: keyframe.KeyframeNet, state_dict: dict[str, torch.Tensor], path: Path) -> None:
-    """Load `state_dict` into `net`; a run from an older vst continues with its network (one that adds the plate)."""
-    weights = keyframe.weights_of(state_dict)
-    theirs = {key: tuple(value.shape) for key, value in weights.items()}
-    ours = {key: tuple(value.shape) for key, value in net.state_dict().items()}
+    theirs = {key: tuple(value.shape) for key, value in state_dict.items()}
+    ours = {key: tuple(value.shape) for key, value in keyframe.state_dict_of(net).items()}
     if theirs != ours:
         raise TrainingError(
             f"{path} holds a network of another shape than these settings build; resume with the --width, "
             "--levels and --blocks it was trained with"
         )
-    net.load_state_dict(weights)
+    net.load_state_dict({key.removeprefix(keyframe.PREFIX): value for key, value in state_dict.items()})
 
 
 def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:

@@ -22,7 +22,6 @@ class KeyframeSettings:
     batch: int = 8
     learning_rate: float = 2e-3
     warmup: int = 100
-    blur: float = 1.0
     width: int = 16
     levels: int = 2
     blocks: int = 4
@@ -38,8 +37,6 @@ class KeyframeSettings:
             raise TrainingError(f"--steps {self.steps}: train at least one step")
         if self.minutes is not None and not self.minutes > 0:
             raise TrainingError(f"--minutes {self.minutes}: give a positive time")
-        if not self.blur >= 0:
-            raise TrainingError(f"blur {self.blur}: give a Gaussian sigma >= 0 pixels")
         if self.patch < 16 or self.batch < 1:
             raise TrainingError("--patch must be at least 16 pixels and --batch at least 1")
         if min(self.width, self.levels, self.blocks) < 1:
