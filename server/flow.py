@@ -78,8 +78,19 @@ def from_vectors(u: np.ndarray, v: np.ndarray, y_up: bool) -> np.ndarray:
     return np.stack([u.astype(np.float32), sign * v.astype(np.float32)], axis=-1)
 
 
+SMALLEST = 32
+"""Images narrower or lower than this are padded (edge pixels repeated) before DIS sees them and their
+flow cropped back: DIS refuses images under 12 px, and with 4x4 patches crashes the process on some
+(6x6, 7x40) instead of refusing them, where a CG element's data window can be that small."""
+
+
 def estimate(source: np.ndarray, target: np.ndarray, preset: str = "fast") -> np.ndarray:
     """Optical flow from `source` to `target` (8-bit grey images of one size), OpenCV DIS."""
+    height, width = source.shape[:2]
+    if height < SMALLEST or width < SMALLEST:
+        bottom, right = max(0, SMALLEST - height), max(0, SMALLEST - width)
+        padded = [cv2.copyMakeBorder(image, 0, bottom, 0, right, cv2.BORDER_REPLICATE) for image in (source, target)]
+        return np.ascontiguousarray(estimate(*padded, preset)[:height, :width])
     settings = PRESETS[preset]
     dis = cv2.DISOpticalFlow_create(settings.dis)
     if settings.finest_scale is not None:

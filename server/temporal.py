@@ -315,8 +315,10 @@ def _keep_contrast(blended: torch.Tensor, stylized: torch.Tensor) -> torch.Tenso
     height, width = blended.shape[2:]
     step = max(1, int(np.sqrt(height * width / STATISTICS_PIXELS)))
     sample = blended[..., ::step, ::step]
-    spread = stylized[..., ::step, ::step].std((2, 3), keepdim=True)
-    gain = (CONTRAST_KEPT * spread / sample.std((2, 3), keepdim=True).clamp_min(1e-6)).clamp_(1, CONTRAST_GAIN)
+    # population spreads: their ratio is the same, and a 1-pixel data window's is 0, not NaN
+    spread = stylized[..., ::step, ::step].std((2, 3), correction=0, keepdim=True)
+    blended_spread = sample.std((2, 3), correction=0, keepdim=True).clamp_min(1e-6)
+    gain = (CONTRAST_KEPT * spread / blended_spread).clamp_(1, CONTRAST_GAIN)
     if bool((gain == 1).all()):  # a blend of values in 0..1 with weights summing to at most 1: no clamp needed
         return blended
     mean = sample.mean((2, 3), keepdim=True)

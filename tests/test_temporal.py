@@ -212,6 +212,24 @@ def test_temporal_mode_lowers_the_warping_error_of_a_pan(server_address: str, ph
     assert after < 0.6 * before, (before, after)
 
 
+def test_tiny_data_windows_are_stylized_temporally(server_address: str, photo: np.ndarray) -> None:
+    # a CG element's data window can be a few pixels: OpenCV DIS refuses images under 12 px and, with
+    # the 4x4 patches of `medium`, crashed the process on some (6x6, 7x40)
+    display = (0, 0, WIDTH - 1, HEIGHT - 1)
+    with Client(server_address, timeout=60) as client:
+        for width, height in ((6, 6), (40, 7), (400, 3), (1, 1)):
+            for preset in flow.PRESETS:
+                for t in range(3):
+                    crop = photo[300 + t : 300 + t + height, 200 + 2 * t : 200 + 2 * t + width]
+                    channels = {c: np.ascontiguousarray(crop[..., i]).astype(np.float16) for i, c in enumerate("RGB")}
+                    window = (10 + t, 20, 10 + t + width - 1, 20 + height - 1)
+                    out = client.stylize(Frame([Part(channels, window, display)]), sequence=f"tiny{width}{preset}",
+                                         frame_number=t, temporal={**TEMPORAL, "preset": preset})
+                    assert out.parts[0].data_window == window
+                    assert np.isfinite(out.parts[0].channels["R"].astype(np.float32)).all()
+        assert client.stylize(pan_frame(photo, 0)).parts[0].channels["R"].shape == (HEIGHT, WIDTH)
+
+
 def test_host_motion_vectors_are_used_when_present(server_address: str, photo: np.ndarray) -> None:
     frames = [pan_frame(photo, t, vectors=True) for t in range(6)]
     with Client(server_address, timeout=60) as client:
