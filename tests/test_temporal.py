@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from server import flow, temporal
 from server.colour import srgb_encode
@@ -95,6 +97,46 @@ def analysed(frames: list[np.ndarray], preset: str = "fast") -> list[temporal.La
         motions.append(next(iter(done.result()[1].values())))
         previous = done
     return motions
+
+
+plate_frames = st.lists(
+    st.tuples(
+        st.integers(1, 70), st.integers(1, 70), st.integers(-20, 20), st.integers(-20, 20),  # window size, offset
+        st.sampled_from([0.01, 1.0, 50.0]),  # exposure
+        st.sampled_from([None, "flat", float("nan"), float("inf"), -float("inf"), -5.0]),  # what spoils it
+    ),
+    min_size=2, max_size=4,
+)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(frames=plate_frames, preset=st.sampled_from(list(flow.PRESETS)))
+def test_any_data_window_and_pixel_values_analyse_and_blend(frames, preset: str) -> None:
+    """Windows from 1x1 up, moving and changing size; dark, bright, flat, NaN, infinite, negative pixels:
+    every weight and flow finite, every blend finite and the frame's size."""
+    from concurrent.futures import Future
+
+    options = TemporalSettings(strength=0.8, preset=preset)
+    rng = np.random.default_rng(len(frames))
+    previous, memory = None, {}
+    for width, height, x, y, exposure, spoil in frames:
+        rgb = rng.random((height, width, 3), np.float32) * exposure
+        if spoil == "flat":
+            rgb[:] = 0.5
+        elif spoil is not None:
+            rgb[rng.random((height, width)) < 0.2] = spoil
+        channels = {c: np.ascontiguousarray(rgb[..., i]).astype(np.float16) for i, c in enumerate("RGB")}
+        frame = Frame([Part(channels, (x, y, x + width - 1, y + height - 1), (0, 0, 63, 63))])
+        done: Future = Future()
+        done.set_result(temporal._analyse(previous, lambda f=frame: f, None, options))
+        previous = done
+        motion = next(iter(done.result()[1].values()))
+        for name in ("to_previous", "visible", "to_earlier", "visible_earlier"):
+            value = getattr(motion, name)
+            assert value is None or (value.shape[:2] == (height, width) and np.isfinite(value).all()), name
+        stylized = torch.rand(1, 3, height, width)
+        out = temporal.blend(stylized, motion if motion.to_previous is not None else None, memory, 0.8)
+        assert out.shape == stylized.shape and bool(torch.isfinite(out).all())
 
 
 def test_a_data_window_that_grows_mid_sequence_keeps_its_visibility() -> None:
