@@ -82,21 +82,29 @@ def moving_square(t: int, step: int = 6, flat: bool = True) -> np.ndarray:
     return image.astype(np.uint8)
 
 
-def analysed(frames: list[np.ndarray], preset: str = "fast") -> list[temporal.LayerMotion]:
-    """The server's motion analysis of display frames, in order (linear plates made from them)."""
+def analysed_frames(frames: list[Frame], preset: str = "fast") -> list[temporal.LayerMotion]:
+    """The server's motion analysis of one-layer frames, in order, each against the one before it."""
     from concurrent.futures import Future
 
     options = TemporalSettings(strength=0.8, preset=preset)
     motions, previous = [], None
+    for frame in frames:
+        done: Future = Future()
+        done.set_result(temporal._analyse(previous, lambda f=frame: f, None, options))
+        motions.append(next(iter(done.result()[1].values())))
+        previous = done
+    return motions
+
+
+def analysed(frames: list[np.ndarray], preset: str = "fast") -> list[temporal.LayerMotion]:
+    """The server's motion analysis of display frames, in order (linear plates made from them)."""
+    plates = []
     for image in frames:
         linear = (image.astype(np.float32) / 255) ** 2.2
         channels = {c: np.ascontiguousarray(linear[..., i]) for i, c in enumerate("RGB")}
         window = (0, 0, image.shape[1] - 1, image.shape[0] - 1)
-        done: Future = Future()
-        done.set_result(temporal._analyse(previous, lambda c=channels, w=window: Frame([Part(c, w, w)]), None, options))
-        motions.append(next(iter(done.result()[1].values())))
-        previous = done
-    return motions
+        plates.append(Frame([Part(channels, window, window)]))
+    return analysed_frames(plates, preset)
 
 
 plate_frames = st.lists(
@@ -114,11 +122,8 @@ plate_frames = st.lists(
 def test_any_data_window_and_pixel_values_analyse_and_blend(frames, preset: str) -> None:
     """Windows from 1x1 up, moving and changing size; dark, bright, flat, NaN, infinite, negative pixels:
     every weight and flow finite, every blend finite and the frame's size."""
-    from concurrent.futures import Future
-
-    options = TemporalSettings(strength=0.8, preset=preset)
     rng = np.random.default_rng(len(frames))
-    previous, memory = None, {}
+    plates = []
     for width, height, x, y, exposure, spoil in frames:
         rgb = rng.random((height, width, 3), np.float32) * exposure
         if spoil == "flat":
@@ -126,11 +131,9 @@ def test_any_data_window_and_pixel_values_analyse_and_blend(frames, preset: str)
         elif spoil is not None:
             rgb[rng.random((height, width)) < 0.2] = spoil
         channels = {c: np.ascontiguousarray(rgb[..., i]).astype(np.float16) for i, c in enumerate("RGB")}
-        frame = Frame([Part(channels, (x, y, x + width - 1, y + height - 1), (0, 0, 63, 63))])
-        done: Future = Future()
-        done.set_result(temporal._analyse(previous, lambda f=frame: f, None, options))
-        previous = done
-        motion = next(iter(done.result()[1].values()))
+        plates.append(Frame([Part(channels, (x, y, x + width - 1, y + height - 1), (0, 0, 63, 63))]))
+    memory: dict = {}
+    for (width, height, *_), motion in zip(frames, analysed_frames(plates, preset), strict=True):
         for name in ("to_previous", "visible", "to_earlier", "visible_earlier"):
             value = getattr(motion, name)
             assert value is None or (value.shape[:2] == (height, width) and np.isfinite(value).all()), name
@@ -143,22 +146,16 @@ def test_a_data_window_that_grows_mid_sequence_keeps_its_visibility() -> None:
     """Weights are found at 1/n of a large frame's size (n from its own data window): when the window
     grows past 640x360 between frames, the previous frame's display image is rescaled to the new n
     and the long-term term waits for two frames at the same n."""
-    from concurrent.futures import Future
-
     import cv2
 
     rng = np.random.default_rng(3)
     scene = cv2.GaussianBlur(rng.uniform(0, 1, (600, 1000, 3)).astype(np.float32), (0, 0), 2) ** 2.2
     windows = [(100, 80, 739, 431), (100, 80, 739, 431), (20, 20, 979, 563), (20, 20, 979, 563)]  # 640x352, 960x544
-    options = TemporalSettings(strength=0.8, preset="fast")
-    motions, previous = [], None
-    for window in windows:
-        x0, y0, x1, y1 = window
+    plates = []
+    for x0, y0, x1, y1 in windows:
         channels = {c: np.ascontiguousarray(scene[y0 : y1 + 1, x0 : x1 + 1, i]) for i, c in enumerate("RGB")}
-        done: Future = Future()
-        done.set_result(temporal._analyse(previous, lambda c=channels, w=window: Frame([Part(c, w, w)]), None, options))
-        motions.append(next(iter(done.result()[1].values())))
-        previous = done
+        plates.append(Frame([Part(channels, (x0, y0, x1, y1), (x0, y0, x1, y1))]))
+    motions = analysed_frames(plates)
     assert [m.step for m in motions] == [1, 1, 2, 2]
     grown = motions[2]
     assert grown.visible.shape == (544, 960) and grown.visible_earlier is None
