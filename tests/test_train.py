@@ -250,6 +250,20 @@ def test_train_style_refuses_a_file_that_is_not_a_vgg(shot, tmp_path, capsys):
     assert code == 1 and "not a torchvision VGG" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("length", [["--steps", "0"], ["--minutes", "0"], ["--minutes", "-1"]])
+@pytest.mark.parametrize("command", ["keyframes", "style"])
+def test_a_run_that_could_not_train_is_refused(shot, tmp_path, capsys, command, length):
+    output = tmp_path / "m.safetensors"
+    if command == "keyframes":
+        code = train(shot, output, *length)
+    else:
+        code = main(["train", "style", str(shot / "painted/painted.0001.exr"), "--content",
+                     str(shot / "plates/plate.0001.exr"), "-o", str(output),
+                     "--vgg", str(tiny_vgg(tmp_path / "vgg.pth")), *STYLE_SMALL, *length])
+    assert code == 1 and f"{length[0]} {length[1]}" in capsys.readouterr().err
+    assert not output.exists()
+
+
 # Keyframes from footage that is not EXR: a PNG sequence and a movie, read by `vst render`'s own readers.
 
 def grade_codes(codes: np.ndarray) -> np.ndarray:

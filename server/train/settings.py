@@ -11,6 +11,14 @@ class TrainingError(ValueError):
     """Training cannot start or continue as asked."""
 
 
+def check_length(steps: int, minutes: float | None) -> None:
+    """Raise TrainingError unless a run may take at least one step (--steps) in a positive time (--minutes)."""
+    if steps < 1:
+        raise TrainingError(f"--steps {steps}: train at least one step")
+    if minutes is not None and not minutes > 0:
+        raise TrainingError(f"--minutes {minutes}: give a positive time")
+
+
 @dataclass(frozen=True)
 class KeyframeSettings:
     """What a keyframe training run depends on besides its images (stored in the model's metadata)."""
@@ -33,10 +41,7 @@ class KeyframeSettings:
 
     def check(self) -> None:
         """Raise TrainingError for settings that cannot train."""
-        if self.steps < 1:
-            raise TrainingError(f"--steps {self.steps}: train at least one step")
-        if self.minutes is not None and not self.minutes > 0:
-            raise TrainingError(f"--minutes {self.minutes}: give a positive time")
+        check_length(self.steps, self.minutes)
         if self.patch < 16 or self.batch < 1:
             raise TrainingError("--patch must be at least 16 pixels and --batch at least 1")
         if min(self.width, self.levels, self.blocks) < 1:
@@ -72,8 +77,9 @@ class StyleSettings:
 
     def check(self) -> None:
         """Raise TrainingError for settings that cannot train."""
-        if self.steps < 1 or self.batch < 1 or self.width < 1 or self.blocks < 1:
-            raise TrainingError("--steps, --batch, --width and --blocks must be at least 1")
+        check_length(self.steps, self.minutes)
+        if self.batch < 1 or self.width < 1 or self.blocks < 1:
+            raise TrainingError("--batch, --width and --blocks must be at least 1")
         if self.patch < 16 or self.patch % 4 or self.size < self.patch:
             raise TrainingError(f"--patch {self.patch}: a multiple of 4, at least 16 and at most --size {self.size}")
         if min(self.content_weight, self.style_weight, self.tv_weight, self.adversarial_weight,
