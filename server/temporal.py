@@ -8,9 +8,10 @@ Per sequence (client + sequence id) and per colour layer:
    previous frame's analysis, to a thread pool (`MotionAnalysis`) ahead of the model worker:
    the backward flow (this frame -> the previous one) and a soft visibility weight per pixel
    (`server.flow.visibility`: photometric agreement of the warped previous input, disocclusion by
-   splatting the previous frame forward, a lenient round trip), and the same for the frame before
-   the previous one. The motion comes from the host's motion vectors when the frame carries them,
-   from OpenCV DIS optical flow on the inputs otherwise.
+   splatting the previous frame forward, a lenient round trip), lowered where the previous frame
+   had only just revealed the pixel, and the same for the frame before the previous one. The
+   motion comes from the host's motion vectors when the frame carries them, from OpenCV DIS
+   optical flow on the inputs otherwise.
 2. After the network has stylized the layer, the previous *result* is warped into this frame and
    blended in by its weight; where only the frame before it is visible, that one's result is, at
    half weight, and a contrast guard keeps the per-frame result's contrast (`blend`). The result is
@@ -63,6 +64,9 @@ class LayerMotion:
     """Flow into the frame before the previous one, when the previous frame continued the sequence too."""
     visible_earlier: np.ndarray | None = None
     """Weight 0..1 that a pixel is visible in the frame before the previous one (photometric test)."""
+    settled: np.ndarray | None = None
+    """Share 0..1 of `visible` the blend uses: REVEALED_SHARE where the previous frame had only just
+    revealed the pixel, 1 elsewhere (None: 1 everywhere)."""
 
 
 Analysis = tuple[Frame, dict[str, LayerMotion]]
@@ -199,6 +203,9 @@ def _relate(motion: LayerMotion, prior: LayerMotion, backward: np.ndarray | None
     motion.previous_display = prior_display
     to_previous = small(to_previous, flow=True)
     motion.visible = _grow(flow.visibility(display, prior_display, to_previous, from_previous), (w, h))
+    if prior.visible is not None:
+        revealed, _ = flow.warp((small(prior.visible) < REVEALED_BELOW).astype(np.float32), to_previous)
+        motion.settled = _grow(1 - (1 - REVEALED_SHARE) * revealed, (w, h))
     if prior.to_previous is not None and prior.previous_display is not None and prior.step == step:
         # Into the frame before the previous one, for what the previous frame did not show: through
         # the previous frame's flow, or with the frame's dominant motion twice (the background's,
@@ -237,6 +244,15 @@ def _grow(image: np.ndarray, size: tuple[int, int], flow: bool = False) -> np.nd
     return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
 
 
+REVEALED_BELOW = 0.25
+"""A pixel whose visibility weight is below this was not shown by the previous frame: this one reveals it."""
+
+REVEALED_SHARE = 0.5
+"""Share of its visibility weight at which the frame after a pixel's reveal blends its result in:
+the network's response around a moving object, picked up where the object has just uncovered the
+background, fades faster and trails a shorter way behind it (bench/temporal.py: trails a fifth to a
+quarter shorter, warping errors a little higher)."""
+
 LONG_TERM = 0.5
 """Weight of the frame before the previous one, relative to the previous one, where only it is
 visible: an older, less certain match (at 1 a fast object's surroundings linger behind it longer)."""
@@ -257,9 +273,10 @@ def blend(stylized: torch.Tensor, motion: LayerMotion | None, memory: dict[str, 
 
     `memory` is the layer's state for this sequence; without motion to the previous frame (a new
     sequence, a jump) the frame is used as it is and starts the chain. Where the previous frame is
-    visible (weight v1) its result is blended in; where it is not but the frame before it is (v2),
-    that one's result is, at half weight (LONG_TERM):
-    out = stylized + strength * (v1 (w1 - stylized) + LONG_TERM (1 - v1) v2 (w2 - stylized)),
+    visible (weight v1) its result is blended in, at a share s of that weight (REVEALED_SHARE where the
+    previous frame had only just revealed the pixel, else 1); where it is not but the frame before it
+    is (v2), that one's result is, at half weight (LONG_TERM):
+    out = stylized + strength * (v1 s (w1 - stylized) + LONG_TERM (1 - v1) v2 (w2 - stylized)),
     the second term only where its weight reaches FILL_FLOOR. Then the contrast guard: each channel
     of `out` whose standard deviation fell below CONTRAST_KEPT of the per-frame result's is scaled
     about its mean back to that (a gain of at most CONTRAST_GAIN).
@@ -267,8 +284,9 @@ def blend(stylized: torch.Tensor, motion: LayerMotion | None, memory: dict[str, 
     previous, earlier = memory.get("temporal_result"), memory.get("temporal_earlier")
     result = stylized
     if motion is not None and motion.to_previous is not None and previous is not None:
-        visible = torch.from_numpy(motion.visible)[None, None].to(stylized.device, stylized.dtype)
-        result = torch.lerp(stylized, _warp(previous, motion.to_previous), strength * visible).contiguous()
+        weight = motion.visible if motion.settled is None else motion.visible * motion.settled
+        weight = torch.from_numpy(weight)[None, None].to(stylized.device, stylized.dtype)
+        result = torch.lerp(stylized, _warp(previous, motion.to_previous), strength * weight).contiguous()
         if motion.to_earlier is not None and motion.visible_earlier is not None and earlier is not None:
             fill = (strength * LONG_TERM) * (1 - motion.visible) * motion.visible_earlier
             _fill_from(result, stylized, earlier, motion.to_earlier, fill)

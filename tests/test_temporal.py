@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -214,6 +215,28 @@ def test_long_term_blend_fills_from_the_frame_before_the_previous_one() -> None:
         out = temporal.blend(stylized, motion if motion.to_previous is not None else None, memory, 0.8)
     expected = 0.9 + 0.8 * temporal.LONG_TERM * (0.2 - 0.9)
     assert float(out[0, :, hidden[0], hidden[1]].mean()) == pytest.approx(expected, abs=0.15)
+
+
+def test_background_the_previous_frame_revealed_is_blended_at_a_lower_share() -> None:
+    """Background a moving object uncovered in the previous frame carries the network's response around
+    the object: the next frame blends its result in at REVEALED_SHARE of its visibility weight, so that
+    response fades faster behind the object; background shown for longer keeps its full weight."""
+    motions = analysed([moving_square(t, flat=False) for t in range(3)], "medium")
+    assert motions[1].settled is None  # its previous frame started the sequence: nothing was revealed
+    revealed = (slice(32, 60), slice(11, 15))  # uncovered at frame 1 (x 10..16), background since
+    far = (slice(70, 96), slice(60, 128))
+    assert motions[2].visible[revealed].mean() > 0.9
+    settled = motions[2].settled[revealed]
+    assert settled.min() == pytest.approx(temporal.REVEALED_SHARE) and settled.mean() < 0.7, settled.mean()
+    assert motions[2].settled[far].min() == 1
+    pulled = {}
+    for share in (motions[2].settled, None):
+        memory = {"temporal_result": torch.full((1, 3, HEIGHT, WIDTH), 0.5)}
+        out = temporal.blend(torch.full((1, 3, HEIGHT, WIDTH), 0.9), replace(motions[2], settled=share), memory, 0.8)
+        pulled[share is None] = 0.9 - out[0, 0]
+    assert float(pulled[True][revealed].mean()) > 0.25
+    assert torch.allclose(pulled[False][revealed], torch.from_numpy(settled) * pulled[True][revealed], atol=1e-5)
+    assert torch.equal(pulled[False][far], pulled[True][far])
 
 
 def test_contrast_guard_restores_the_per_frame_contrast_up_to_its_limit() -> None:
