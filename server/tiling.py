@@ -8,7 +8,8 @@ gets other contrast, and feathering the overlaps only smears those seams and col
 What this module does instead: **layer-wise tiled execution**. A family describes its network as a
 flat list of steps (`Plan`): `Conv` (optional nearest x2 upsample, reflection padding k//2, conv),
 `Norm` (instance norm with a baked per-channel scale and shift), `Act` (relu, sigmoid, a scale,
-a clamp) and `Push`/`Add` for residual connections. `run_plan` walks the steps over the whole frame:
+a clamp) and `Push`/`Add` for residual connections (an `Add` may first mix the remembered
+activation's channels by a 1x1 weight). `run_plan` walks the steps over the whole frame:
 
 * every step's full-frame activation lives in *host* memory (`storage`, CPU RAM);
 * a `Conv` is computed output tile by output tile on the device. Each tile gathers its input region
@@ -86,7 +87,9 @@ class Push:
 
 @dataclass(frozen=True)
 class Add:
-    """Add the most recently pushed activation (and forget it)."""
+    """Add the most recently pushed activation (and forget it), mixed by the 1x1 conv `weight` if given."""
+
+    weight: torch.Tensor | None = None
 
 
 Step = Conv | Norm | Act | Push | Add
@@ -106,7 +109,7 @@ def run_untiled(plan: Sequence[Step], x: torch.Tensor) -> torch.Tensor:
         elif isinstance(step, Push):
             saved.append(x)
         else:
-            x = x + saved.pop()
+            x = x + _mixed(saved.pop(), step)
     return x
 
 
@@ -142,8 +145,15 @@ def run_plan(
             saved.append(x.clone())
         else:
             residual = saved.pop()
-            x = _pointwise(x, side, device, lambda band, rows, r=residual: band + r[:, :, rows].to(band.device), True)
+            x = _pointwise(x, side, device, lambda band, rows, r=residual, step=step:
+                           band + _mixed(r[:, :, rows].to(band.device), step), True)
     return x
+
+
+def _mixed(residual: torch.Tensor, step: Add) -> torch.Tensor:
+    if step.weight is None:
+        return residual
+    return F.conv2d(residual, step.weight.to(device=residual.device, dtype=residual.dtype))
 
 
 def _conv(x: torch.Tensor, step: Conv) -> torch.Tensor:
@@ -262,6 +272,7 @@ def device_bytes(plan: Sequence[Step], shape: Sequence[int], itemsize: int) -> i
     """
     batch, channels, height, width = shape
     held = peak = 0
+    pushed: list[int] = []
     for step in plan:
         before = channels * height * width
         if isinstance(step, Conv):
@@ -272,11 +283,12 @@ def device_bytes(plan: Sequence[Step], shape: Sequence[int], itemsize: int) -> i
             now = before + step.weight.shape[1] * padded_h * padded_w + step.weight.shape[0] * height * width
             channels = step.weight.shape[0]
         elif isinstance(step, Push):
+            pushed.append(before)
             held += before
             now = before
         elif isinstance(step, Add):
             now = before * 2
-            held -= before
+            held -= pushed.pop()
         else:
             now = before * 2
         peak = max(peak, now + held)
