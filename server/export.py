@@ -110,19 +110,8 @@ class PushStep(nn.Module):
 
 
 class AddStep(nn.Module):
-    """x + the last pushed activation, mixed by a 1x1 conv first if the step has a weight."""
-
-    def __init__(self, step: Add):
-        super().__init__()
-        self.mixed = step.weight is not None
-        weight = torch.zeros(0) if step.weight is None else step.weight.detach().float().clone()
-        self.weight = nn.Parameter(weight, requires_grad=False)
-
     def forward(self, x: torch.Tensor, saved: list[torch.Tensor]) -> torch.Tensor:
-        residual = saved.pop()
-        if self.mixed:
-            residual = F.conv2d(residual, self.weight)
-        return x + residual
+        return x + saved.pop()
 
 
 class PlanNetwork(nn.Module):
@@ -136,7 +125,7 @@ class PlanNetwork(nn.Module):
             if isinstance(step, Push):
                 steps.append(PushStep())
             elif isinstance(step, Add):
-                steps.append(AddStep(step))
+                steps.append(AddStep())
             else:
                 steps.append(kinds[type(step)](step))
         self.steps = nn.ModuleList(steps)

@@ -8,8 +8,7 @@ gets other contrast, and feathering the overlaps only smears those seams and col
 What this module does instead: **layer-wise tiled execution**. A family describes its network as a
 flat list of steps (`Plan`): `Conv` (optional nearest x2 upsample, reflection padding k//2, conv),
 `Norm` (instance norm with a baked per-channel scale and shift), `Act` (relu, sigmoid, a scale,
-a clamp) and `Push`/`Add` for residual connections (an `Add` may first mix the remembered
-activation's channels by a 1x1 weight). `run_plan` walks the steps over the whole frame:
+a clamp) and `Push`/`Add` for residual connections. `run_plan` walks the steps over the whole frame:
 
 * every step's full-frame activation lives in *host* memory (`storage`, CPU RAM);
 * a `Conv` is computed output tile by output tile on the device. Each tile gathers its input region
@@ -87,9 +86,7 @@ class Push:
 
 @dataclass(frozen=True)
 class Add:
-    """Add the most recently pushed activation (and forget it), mixed by the 1x1 conv `weight` if given."""
-
-    weight: torch.Tensor | None = None
+    """Add the most recently pushed activation (and forget it)."""
 
 
 Step = Conv | Norm | Act | Push | Add
@@ -109,7 +106,7 @@ def run_untiled(plan: Sequence[Step], x: torch.Tensor) -> torch.Tensor:
         elif isinstance(step, Push):
             saved.append(x)
         else:
-            x = x + _mixed(saved.pop(), step)
+            x = x + saved.pop()
     return x
 
 
@@ -145,15 +142,8 @@ def run_plan(
             saved.append(x.clone())
         else:
             residual = saved.pop()
-            x = _pointwise(x, side, device, lambda band, rows, r=residual, step=step:
-                           band + _mixed(r[:, :, rows].to(band.device), step), True)
+            x = _pointwise(x, side, device, lambda band, rows, r=residual: band + r[:, :, rows].to(band.device), True)
     return x
-
-
-def _mixed(residual: torch.Tensor, step: Add) -> torch.Tensor:
-    if step.weight is None:
-        return residual
-    return F.conv2d(residual, step.weight.to(device=residual.device, dtype=residual.dtype))
 
 
 def _conv(x: torch.Tensor, step: Conv) -> torch.Tensor:
@@ -272,7 +262,6 @@ def device_bytes(plan: Sequence[Step], shape: Sequence[int], itemsize: int) -> i
     """
     batch, channels, height, width = shape
     held = peak = 0
-    pushed: list[int] = []
     for step in plan:
         before = channels * height * width
         if isinstance(step, Conv):
@@ -283,12 +272,11 @@ def device_bytes(plan: Sequence[Step], shape: Sequence[int], itemsize: int) -> i
             now = before + step.weight.shape[1] * padded_h * padded_w + step.weight.shape[0] * height * width
             channels = step.weight.shape[0]
         elif isinstance(step, Push):
-            pushed.append(before)
             held += before
             now = before
         elif isinstance(step, Add):
             now = before * 2
-            held -= pushed.pop()
+            held -= before
         else:
             now = before * 2
         peak = max(peak, now + held)

@@ -16,13 +16,11 @@ import onnxruntime as ort
 import OpenImageIO as oiio
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from server.colour import ColourSpaces, srgb_decode, srgb_encode
 from server.export import export
-from server.models import ModelRegistry, keyframe
+from server.models import ModelRegistry
 from server.pipeline import stylize_planes
 from server.train.keyframes import learning_rate_at
 from server.train.settings import KeyframeSettings
@@ -139,32 +137,6 @@ def test_the_trained_model_tiles_and_exports(shot, trained, tmp_path):
     from_onnx = session.run(None, {"linear_rgb": nchw})[0][0].transpose(1, 2, 0)
     assert np.abs(from_script - expected).max() < 1e-5 and np.abs(from_onnx - expected).max() < 1e-4
     assert np.abs(expected - plate).max() > 0.1  # the model really changes the plate
-
-
-def test_a_checkpoint_from_before_the_learnt_skip_loads_as_it_was_trained(shot, tmp_path, capsys):
-    """Older files have no `keyframe.skip.weight`: they load (and resume) with the identity skip they were trained
-    with, so they paint exactly as before: plate + tail; an older training state is refused with what to do."""
-    torch.manual_seed(0)
-    net = keyframe.KeyframeNet((8, 16, 32), 2)
-    with torch.no_grad():
-        net.tail.weight.normal_(0, 0.05)
-    older = {key: value for key, value in keyframe.state_dict_of(net).items() if key != "keyframe.skip.weight"}
-    save_file(older, tmp_path / "older.safetensors")
-    model = ModelRegistry(allow_paths=True).get(str(tmp_path / "older.safetensors"))
-    rgb = torch.rand(1, 3, 64, 96)
-    with torch.no_grad():
-        plate_plus_tail = (rgb + net.unclamped(rgb) - F.conv2d(rgb, net.skip.weight)).clamp(0, 1)
-        assert (model._module(rgb) - plate_plus_tail).abs().max() < 1e-6
-    assert (model.stylize(rgb, tile=32) - model.stylize(rgb)).abs().max() < 1e-5
-    assert train(shot, tmp_path / "more.safetensors", "--steps", "3", "--resume", str(tmp_path / "older.safetensors"),
-                 "--preview-every", "0") == 0
-    older_optimizer = torch.optim.Adam(p for name, p in net.named_parameters() if name != "skip.weight")
-    older_state = {"model": older, "step": 1, "generator": torch.Generator().get_state(),
-                   "optimizer": older_optimizer.state_dict()}
-    torch.save(older_state, tmp_path / "older.train-state")
-    capsys.readouterr()
-    assert train(shot, tmp_path / "m.safetensors", "--steps", "3", "--resume", str(tmp_path / "older.train-state")) == 1
-    assert "resume from the model it wrote" in capsys.readouterr().err
 
 
 def test_a_painted_frame_of_another_size_is_refused(shot, tmp_path, capsys):

@@ -10,14 +10,7 @@ network would see other statistics on a full frame than on its training patches)
     keyframe.body.{i}.conv{1,2}  residual blocks of two 3x3 convs at the coarsest level, ReLU between
     keyframe.up.{i}              nearest x2 + conv 3x3, back up one level, + that level's activation
                                  from the way down, ReLU
-    keyframe.tail                conv 3x3, C0 -> 3, + skip(input), clamped to 0..1
-    keyframe.skip                1x1 conv without bias, 3 -> 3: how much of each plate colour the output keeps
-
-The skip starts as the identity (and the tail at zero), so an untrained network returns the plate and
-training learns the painting as a change of it; being learnt, the skip also takes up what in a painting
-is a colour matrix of the plate. Checkpoints written before it was learnt have no `keyframe.skip.weight`
-and load with the identity, which is what they were trained with. The measurements that chose this
-layout are in bench/results/keyframes-cpu-2026-11-28.md (session 5).
+    keyframe.tail                conv 3x3, C0 -> 3, + the input, clamped to 0..1
 
 Every conv is reflection padding of k//2 and a conv with bias; input and output are sRGB-encoded
 0..1. Widths, levels and the number of blocks are read from the tensor shapes. Training options are stored
@@ -42,8 +35,6 @@ PREFIX = "keyframe."
 _REQUIRED = tuple(f"{PREFIX}{name}" for name in ("head.weight", "down.0.weight", "up.0.weight", "tail.weight"))
 _BLOCK = re.compile(r"keyframe\.body\.(\d+)\.conv1\.weight")
 _DOWN = re.compile(r"keyframe\.down\.(\d+)\.weight")
-IDENTITY_SKIP = torch.eye(3).view(3, 3, 1, 1)
-"""The skip of a new network, and of checkpoints written before the skip was learnt (they added the plate)."""
 
 
 def _conv(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -86,11 +77,8 @@ class KeyframeNet(nn.Module):
         self.body = nn.ModuleList(Block(widths[-1]) for _ in range(blocks))
         self.up = nn.ModuleList(_conv(b, a) for a, b in reversed(steps))
         self.tail = _conv(widths[0], 3)
-        self.skip = nn.Conv2d(3, 3, 1, bias=False)
         nn.init.zeros_(self.tail.weight)  # starts as the identity: the painting is learnt as a change
         nn.init.zeros_(self.tail.bias)
-        with torch.no_grad():
-            self.skip.weight.copy_(IDENTITY_SKIP)
 
     def unclamped(self, x: torch.Tensor) -> torch.Tensor:
         """The output before clamping (training uses it, so gradients reach saturated pixels)."""
@@ -104,7 +92,7 @@ class KeyframeNet(nn.Module):
             h = block(h)
         for conv in self.up:
             h = F.relu(_same(conv, h, upsample=True) + skips.pop())
-        return self.skip(x) + _same(self.tail, h)
+        return x + _same(self.tail, h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.unclamped(x).clamp(0, 1)
@@ -120,16 +108,9 @@ def state_dict_of(net: KeyframeNet) -> dict[str, torch.Tensor]:
     return {PREFIX + key: value.detach().cpu().contiguous() for key, value in net.state_dict().items()}
 
 
-def completed(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The `keyframe.` tensors of a state dict, with the identity skip where an older checkpoint has none."""
-    weights = {key: value for key, value in state_dict.items() if key.startswith(PREFIX)}
-    weights.setdefault(f"{PREFIX}skip.weight", IDENTITY_SKIP)
-    return weights
-
-
 def build(state_dict: dict[str, torch.Tensor]) -> KeyframeNet:
     """A `KeyframeNet` with widths and block count from the shapes, holding those weights."""
-    weights = {key.removeprefix(PREFIX): value for key, value in completed(state_dict).items()}
+    weights = {key.removeprefix(PREFIX): value for key, value in state_dict.items() if key.startswith(PREFIX)}
     blocks = sum(1 for key in state_dict if _BLOCK.fullmatch(key))
     levels = sum(1 for key in state_dict if _DOWN.fullmatch(key))
     widths = (weights["head.weight"].shape[0], *(weights[f"down.{i}.weight"].shape[0] for i in range(levels)))
@@ -157,7 +138,7 @@ def plan(module: nn.Module, values: dict[str, Any]) -> Plan:
         steps += [Push(), _step(block.conv1), relu, _step(block.conv2), Add()]
     for conv in net.up:
         steps += [_step(conv, upsample=True), Add(), relu]
-    return steps + [_step(net.tail), Add(net.skip.weight), Act("clamp", 1.0)]
+    return steps + [_step(net.tail), Add(), Act("clamp", 1.0)]
 
 
 def load(state_dict: dict[str, torch.Tensor]) -> ModelDescriptor:

@@ -214,17 +214,12 @@ def _resume(path: Path, net: keyframe.KeyframeNet, optimizer: torch.optim.Optimi
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise TrainingError(f"cannot resume from {path}: not a vst training state")
     _load_weights(net, state["model"], path)
-    try:
-        optimizer.load_state_dict(state["optimizer"])
-    except ValueError:
-        raise TrainingError(f"cannot resume from {path}: an older vst wrote it for a network without the learnt "
-                            "skip; resume from the model it wrote (MODEL.safetensors) instead") from None
+    optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
     return int(state["step"])
 
 
 def _load_weights(net: keyframe.KeyframeNet, state_dict: dict[str, torch.Tensor], path: Path) -> None:
-    state_dict = keyframe.completed(state_dict)
     theirs = {key: tuple(value.shape) for key, value in state_dict.items()}
     ours = {key: tuple(value.shape) for key, value in keyframe.state_dict_of(net).items()}
     if theirs != ours:
