@@ -64,9 +64,9 @@ class LayerMotion:
     """Flow into the frame before the previous one, when the previous frame continued the sequence too."""
     visible_earlier: np.ndarray | None = None
     """Weight 0..1 that a pixel is visible in the frame before the previous one (photometric test)."""
-    settled: np.ndarray | None = None
-    """Share 0..1 of `visible` the blend uses: REVEALED_SHARE where the previous frame had only just
-    revealed the pixel, 1 elsewhere (None: 1 everywhere)."""
+    weight: np.ndarray | None = None
+    """The blend's weight 0..1 for the previous result: `visible`, times REVEALED_SHARE where the
+    previous frame had only just revealed the pixel."""
 
 
 Analysis = tuple[Frame, dict[str, LayerMotion]]
@@ -203,9 +203,10 @@ def _relate(motion: LayerMotion, prior: LayerMotion, backward: np.ndarray | None
     motion.previous_display = prior_display
     to_previous = small(to_previous, flow=True)
     motion.visible = _grow(flow.visibility(display, prior_display, to_previous, from_previous), (w, h))
-    if prior.visible is not None:
+    motion.weight = motion.visible
+    if prior.visible is not None:  # here, in the analysis pool, rather than on the model worker
         revealed, _ = flow.warp((small(prior.visible) < REVEALED_BELOW).astype(np.float32), to_previous)
-        motion.settled = _grow(1 - (1 - REVEALED_SHARE) * revealed, (w, h))
+        motion.weight = motion.visible * _grow(1 - (1 - REVEALED_SHARE) * revealed, (w, h))
     if prior.to_previous is not None and prior.previous_display is not None and prior.step == step:
         # Into the frame before the previous one, for what the previous frame did not show: through
         # the previous frame's flow, or with the frame's dominant motion twice (the background's,
@@ -274,8 +275,8 @@ def blend(stylized: torch.Tensor, motion: LayerMotion | None, memory: dict[str, 
     `memory` is the layer's state for this sequence; without motion to the previous frame (a new
     sequence, a jump) the frame is used as it is and starts the chain. Where the previous frame is
     visible (weight v1) its result is blended in, at a share s of that weight (REVEALED_SHARE where the
-    previous frame had only just revealed the pixel, else 1); where it is not but the frame before it
-    is (v2), that one's result is, at half weight (LONG_TERM):
+    previous frame had only just revealed the pixel, else 1: `motion.weight` = v1 s); where it is not
+    but the frame before it is (v2), that one's result is, at half weight (LONG_TERM):
     out = stylized + strength * (v1 s (w1 - stylized) + LONG_TERM (1 - v1) v2 (w2 - stylized)),
     the second term only where its weight reaches FILL_FLOOR. Then the contrast guard: each channel
     of `out` whose standard deviation fell below CONTRAST_KEPT of the per-frame result's is scaled
@@ -284,8 +285,7 @@ def blend(stylized: torch.Tensor, motion: LayerMotion | None, memory: dict[str, 
     previous, earlier = memory.get("temporal_result"), memory.get("temporal_earlier")
     result = stylized
     if motion is not None and motion.to_previous is not None and previous is not None:
-        weight = motion.visible if motion.settled is None else motion.visible * motion.settled
-        weight = torch.from_numpy(weight)[None, None].to(stylized.device, stylized.dtype)
+        weight = torch.from_numpy(motion.weight)[None, None].to(stylized.device, stylized.dtype)
         result = torch.lerp(stylized, _warp(previous, motion.to_previous), strength * weight).contiguous()
         if motion.to_earlier is not None and motion.visible_earlier is not None and earlier is not None:
             fill = (strength * LONG_TERM) * (1 - motion.visible) * motion.visible_earlier

@@ -135,7 +135,7 @@ def test_any_data_window_and_pixel_values_analyse_and_blend(frames, preset: str)
         plates.append(Frame([Part(channels, (x, y, x + width - 1, y + height - 1), (0, 0, 63, 63))]))
     memory: dict = {}
     for (width, height, *_), motion in zip(frames, analysed_frames(plates, preset), strict=True):
-        for name in ("to_previous", "visible", "to_earlier", "visible_earlier"):
+        for name in ("to_previous", "visible", "weight", "to_earlier", "visible_earlier"):
             value = getattr(motion, name)
             assert value is None or (value.shape[:2] == (height, width) and np.isfinite(value).all()), name
         stylized = torch.rand(1, 3, height, width)
@@ -222,18 +222,18 @@ def test_background_the_previous_frame_revealed_is_blended_at_a_lower_share() ->
     the object: the next frame blends its result in at REVEALED_SHARE of its visibility weight, so that
     response fades faster behind the object; background shown for longer keeps its full weight."""
     motions = analysed([moving_square(t, flat=False) for t in range(3)], "medium")
-    assert motions[1].settled is None  # its previous frame started the sequence: nothing was revealed
+    assert motions[1].weight is motions[1].visible  # its previous frame started the sequence: nothing revealed
     revealed = (slice(32, 60), slice(11, 15))  # uncovered at frame 1 (x 10..16), background since
     far = (slice(70, 96), slice(60, 128))
     assert motions[2].visible[revealed].mean() > 0.9
-    settled = motions[2].settled[revealed]
+    settled = motions[2].weight[revealed] / motions[2].visible[revealed]
     assert settled.min() == pytest.approx(temporal.REVEALED_SHARE) and settled.mean() < 0.7, settled.mean()
-    assert motions[2].settled[far].min() == 1
+    assert (motions[2].weight[far] / motions[2].visible[far]).min() == 1
     pulled = {}
-    for share in (motions[2].settled, None):
+    for weight in (motions[2].weight, motions[2].visible):
         memory = {"temporal_result": torch.full((1, 3, HEIGHT, WIDTH), 0.5)}
-        out = temporal.blend(torch.full((1, 3, HEIGHT, WIDTH), 0.9), replace(motions[2], settled=share), memory, 0.8)
-        pulled[share is None] = 0.9 - out[0, 0]
+        out = temporal.blend(torch.full((1, 3, HEIGHT, WIDTH), 0.9), replace(motions[2], weight=weight), memory, 0.8)
+        pulled[weight is motions[2].visible] = 0.9 - out[0, 0]
     assert float(pulled[True][revealed].mean()) > 0.25
     assert torch.allclose(pulled[False][revealed], torch.from_numpy(settled) * pulled[True][revealed], atol=1e-5)
     assert torch.equal(pulled[False][far], pulled[True][far])
