@@ -35,7 +35,7 @@ from torch import nn
 
 from server.colour import srgb_decode, srgb_encode
 from server.models import ModelError, StyleModel
-from server.tiling import Act, Add, Conv, Norm, Plan, Push
+from server.tiling import Act, Add, Conv, Grow, Norm, Plan, Push, Shrink, Swap
 
 FORMATS = ("torchscript", "onnx")
 ONNX_OPSET = 17
@@ -114,6 +114,27 @@ class AddStep(nn.Module):
         return x + saved.pop()
 
 
+class SwapStep(nn.Module):
+    def forward(self, x: torch.Tensor, saved: list[torch.Tensor]) -> torch.Tensor:
+        other = saved.pop()
+        saved.append(x)
+        return other
+
+
+class ResampleStep(nn.Module):
+    """server/tiling.py's `resample`, in a form TorchScript compiles."""
+
+    def __init__(self, step: Shrink | Grow):
+        super().__init__()
+        self.factor = step.factor
+        self.shrink = isinstance(step, Shrink)
+
+    def forward(self, x: torch.Tensor, saved: list[torch.Tensor]) -> torch.Tensor:
+        if self.shrink:
+            return F.avg_pool2d(x, self.factor)
+        return F.interpolate(x, scale_factor=float(self.factor), mode="bilinear", align_corners=False)
+
+
 class PlanNetwork(nn.Module):
     """A tiling plan as an ordinary network: sRGB 0..1 in, sRGB 0..1 out, sides a multiple of the net's."""
 
@@ -126,6 +147,10 @@ class PlanNetwork(nn.Module):
                 steps.append(PushStep())
             elif isinstance(step, Add):
                 steps.append(AddStep())
+            elif isinstance(step, Swap):
+                steps.append(SwapStep())
+            elif isinstance(step, Shrink | Grow):
+                steps.append(ResampleStep(step))
             else:
                 steps.append(kinds[type(step)](step))
         self.steps = nn.ModuleList(steps)

@@ -8,7 +8,9 @@ gets other contrast, and feathering the overlaps only smears those seams and col
 What this module does instead: **layer-wise tiled execution**. A family describes its network as a
 flat list of steps (`Plan`): `Conv` (optional nearest x2 upsample, reflection padding k//2, conv),
 `Norm` (instance norm with a baked per-channel scale and shift), `Act` (relu, sigmoid, a scale,
-a clamp) and `Push`/`Add` for residual connections. `run_plan` walks the steps over the whole frame:
+a clamp), `Push`/`Add` for residual connections, `Swap` for a second branch that starts from a
+remembered activation, and `Shrink`/`Grow` for a branch that runs at a fraction of the frame's size.
+`run_plan` walks the steps over the whole frame:
 
 * every step's full-frame activation lives in *host* memory (`storage`, CPU RAM);
 * a `Conv` is computed output tile by output tile on the device. Each tile gathers its input region
@@ -19,7 +21,8 @@ a clamp) and `Push`/`Add` for residual connections. `run_plan` walks the steps o
   is needed — tiles abut without seams;
 * a `Norm` takes its mean and variance over the **whole** stored activation (accumulated tile by
   tile in float64), then normalises each tile with those global statistics;
-* `Act`, `Push` and `Add` are pointwise and run band by band.
+* `Act`, `Push`, `Add` and `Swap` are pointwise (or mere bookkeeping) and run band by band;
+  `Shrink` and `Grow` resample the whole stored activation on the host (used on 3-channel images).
 
 The result equals the untiled network up to float rounding (about 1e-6 on 0..1 output in float32,
 see tests/test_tiling.py), for any tile size. The device holds one tile's input, weights and output
@@ -89,7 +92,26 @@ class Add:
     """Add the most recently pushed activation (and forget it)."""
 
 
-Step = Conv | Norm | Act | Push | Add
+@dataclass(frozen=True)
+class Swap:
+    """Exchange the current activation with the most recently pushed one (a second branch starts from it)."""
+
+
+@dataclass(frozen=True)
+class Shrink:
+    """The mean of each `factor` x `factor` block (the sides are multiples of it)."""
+
+    factor: int
+
+
+@dataclass(frozen=True)
+class Grow:
+    """Bilinear upsampling by `factor` (pixel centres, edges repeated): the inverse size of `Shrink`."""
+
+    factor: int
+
+
+Step = Conv | Norm | Act | Push | Add | Swap | Shrink | Grow
 Plan = list[Step]
 
 
@@ -105,9 +127,20 @@ def run_untiled(plan: Sequence[Step], x: torch.Tensor) -> torch.Tensor:
             x = _act(x, step)
         elif isinstance(step, Push):
             saved.append(x)
+        elif isinstance(step, Swap):
+            x, saved[-1] = saved[-1], x
+        elif isinstance(step, Shrink | Grow):
+            x = resample(x, step)
         else:
             x = x + saved.pop()
     return x
+
+
+def resample(x: torch.Tensor, step: Shrink | Grow) -> torch.Tensor:
+    """A `Shrink` or `Grow` step on a whole activation."""
+    if isinstance(step, Shrink):
+        return F.avg_pool2d(x, step.factor)
+    return F.interpolate(x, scale_factor=step.factor, mode="bilinear", align_corners=False)
 
 
 def run_plan(
@@ -140,6 +173,10 @@ def run_plan(
             x = _pointwise(x, side, device, lambda band, step=step: _act(band, step))
         elif isinstance(step, Push):
             saved.append(x.clone())
+        elif isinstance(step, Swap):
+            x, saved[-1] = saved[-1], x
+        elif isinstance(step, Shrink | Grow):
+            x = resample(x, step)  # whole-frame, on the host: only ever a 3-channel image (keyframe painter)
         else:
             residual = saved.pop()
             x = _pointwise(x, side, device, lambda band, rows, r=residual: band + r[:, :, rows].to(band.device), True)
@@ -277,6 +314,12 @@ def device_bytes(plan: Sequence[Step], shape: Sequence[int], itemsize: int) -> i
         elif isinstance(step, Add):
             now = before * 2
             held -= before
+        elif isinstance(step, Swap):
+            now = before
+        elif isinstance(step, Shrink | Grow):
+            height, width = (height // step.factor, width // step.factor) if isinstance(step, Shrink) else (
+                height * step.factor, width * step.factor)
+            now = before + channels * height * width
         else:
             now = before * 2
         peak = max(peak, now + held)

@@ -20,8 +20,9 @@ from safetensors import safe_open
 
 from server.colour import ColourSpaces, srgb_decode, srgb_encode
 from server.export import export
-from server.models import ModelRegistry
+from server.models import ModelRegistry, StyleModel
 from server.pipeline import stylize_planes
+from server.train import painter
 from server.train.keyframes import learning_rate_at
 from server.train.settings import KeyframeSettings
 from vst_plugin import Client
@@ -34,7 +35,7 @@ from vst_plugin.schema import StylizeSettings
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples/beachball"
-SMALL = ["--width", "8", "--blocks", "2", "--patch", "32", "--batch", "4", "--threads", "1"]
+SMALL = ["--width", "8", "--blocks", "2", "--patch", "32", "--batch", "4", "--painter-steps", "30", "--threads", "1"]
 
 
 def crop(frame: Frame, height: int = 64, width: int = 96) -> dict[str, np.ndarray]:
@@ -120,16 +121,16 @@ def test_a_real_server_paints_the_other_frames_like_the_keyframe(shot, trained, 
         assert read_exr(tmp_path / f"out.{n:04d}.exr").parts[0].channels.keys() == {"R", "G", "B", "A"}
 
 
-def test_the_trained_model_tiles_and_exports(shot, trained, tmp_path):
-    model = ModelRegistry(allow_paths=True).get(str(trained))
+def tiles_and_exports(model: StyleModel, shot: Path, tmp_path: Path) -> None:
+    """Tiled equals untiled; the TorchScript and ONNX exports equal the server's own pipeline on a plate."""
     rgb = torch.rand(1, 3, 70, 90)
     assert (model.stylize(rgb, tile=32) - model.stylize(rgb)).abs().max() < 1e-5
     plate = rgb_of(shot / "plates/plate.0002.exr")
     planes = [np.ascontiguousarray(plate[..., channel]) for channel in range(3)]
     expected = np.stack(stylize_planes(planes, None, model, model.validate({}), StylizeSettings(model.name),
                                        ColourSpaces()), axis=-1)
-    scripted = torch.jit.load(str(export(model, tmp_path / "grade.pt", "torchscript")))
-    session = ort.InferenceSession(str(export(model, tmp_path / "grade.onnx", "onnx")),
+    scripted = torch.jit.load(str(export(model, tmp_path / "m.pt", "torchscript")))
+    session = ort.InferenceSession(str(export(model, tmp_path / "m.onnx", "onnx")),
                                    providers=["CPUExecutionProvider"])
     nchw = np.ascontiguousarray(plate.transpose(2, 0, 1)[None])
     with torch.no_grad():
@@ -137,6 +138,49 @@ def test_the_trained_model_tiles_and_exports(shot, trained, tmp_path):
     from_onnx = session.run(None, {"linear_rgb": nchw})[0][0].transpose(1, 2, 0)
     assert np.abs(from_script - expected).max() < 1e-5 and np.abs(from_onnx - expected).max() < 1e-4
     assert np.abs(expected - plate).max() > 0.1  # the model really changes the plate
+
+
+def test_the_trained_model_tiles_and_exports(shot, trained, tmp_path):
+    tiles_and_exports(ModelRegistry(allow_paths=True).get(str(trained)), shot, tmp_path)
+
+
+def test_a_painter_on_shrunk_keyframes_tiles_and_exports(shot, tmp_path, monkeypatch):
+    """Keyframes above PAINTER_PIXELS: the painter tunes and runs on the frame shrunk by a whole factor."""
+    monkeypatch.setattr(painter, "PAINTER_PIXELS", 40 * 40)  # the 96x64 keyframe: shrunk by 2
+    output = tmp_path / "shrunk.safetensors"
+    assert train(shot, output, "--steps", "20", "--preview-every", "0") == 0
+    model = ModelRegistry(allow_paths=True).get(str(output))
+    assert model._module.painter.reduction == 2 and model.size_multiple == 8
+    model._module.share.fill_(0.5)  # whatever share the short run chose: both networks count in the checks below
+    tiles_and_exports(model, shot, tmp_path)
+
+
+def test_the_painter_gets_the_share_it_earns_on_the_held_out_strip(shot, trained, tmp_path):
+    """A grade keeps the plate's detail, which the keyframe network keeps and the painter (a style transformer)
+    does not: the painter gets little of it. A painterly look (the built-in multistyle network's strokes) goes
+    mostly to the painter."""
+    with safe_open(trained, "pt") as opened:
+        assert float(opened.metadata()["painter_share"]) < 0.2
+    painted = tmp_path / "painted.####.exr"
+    assert main(["render", str(shot / "plates/plate.####.exr"), str(painted), "--frames", "1", "--model",
+                 "multistyle26", "--style", "19", "--embedded"]) == 0
+    output = tmp_path / "strokes.safetensors"
+    assert main(["train", "keyframes", str(shot / "plates/plate.####.exr"), str(painted), "--frames", "1",
+                 "-o", str(output), *SMALL, "--steps", "100", "--painter-steps", "100", "--preview-every", "0"]) == 0
+    model = ModelRegistry(allow_paths=True).get(str(output))
+    assert float(model.info["painter_share"]) > 0.5
+    assert model._module.share == pytest.approx(float(model.info["painter_share"]), abs=1e-3)
+
+
+def test_without_the_painter_the_model_is_the_keyframe_network_alone(shot, tmp_path):
+    """--painter-steps 0 writes what every keyframe model from before the painter is: no painter tensors."""
+    output = tmp_path / "m.safetensors"
+    assert train(shot, output, "--steps", "5", "--painter-steps", "0", "--preview-every", "0") == 0
+    with safe_open(output, "pt") as opened:
+        assert not any(key.startswith("painter.") for key in opened.keys())  # noqa: SIM118 - not a dict
+        assert "painter_share" not in opened.metadata()
+    model = ModelRegistry(allow_paths=True).get(str(output))
+    assert model._module.painter is None and model.supports_half and model.size_multiple == 4
 
 
 def test_a_painted_frame_of_another_size_is_refused(shot, tmp_path, capsys):
@@ -167,7 +211,9 @@ def test_the_seed_repeats_a_run_and_resume_continues_it(shot, tmp_path):
     assert train(shot, first, "--steps", "25", "--seed", "3", "--resume", str(state), "--preview-every", "0") == 0
     resumed = ModelRegistry(allow_paths=True).get(str(first))
     assert resumed.info["trained_steps"] == "25"
-    assert not torch.equal(resumed._module.tail.weight, b._module.tail.weight)
+    assert not torch.equal(resumed._module.net.tail.weight, b._module.net.tail.weight)
+    painters = (resumed._module.painter.state_dict().values(), a._module.painter.state_dict().values())
+    assert all(torch.equal(x, y) for x, y in zip(*painters, strict=True))  # from the state, not tuned again
     assert torch.load(state, weights_only=True)["step"] == 25
 
 

@@ -30,8 +30,10 @@ def register(subparsers: Any) -> None:
     keyframes = jobs.add_parser(
         "keyframes",
         help="learn plate -> painted from one or a few painted frames; the model then paints the whole shot",
-        description="Trains a small feed-forward network (the keyframe family) on random patches of the painted "
-        "keyframes and writes it as a checkpoint the server loads: vst render PLATES OUT --model MODEL.safetensors.",
+        description="Tunes a painter (the built-in arbitrary-style network) on the whole painted keyframes, trains a "
+        "small feed-forward network on random patches of them, blends the two by how well each paints a strip the "
+        "painter did not learn from, and writes a checkpoint the server loads (the keyframe family): "
+        "vst render PLATES OUT --model MODEL.safetensors.",
     )
     keyframes.add_argument("plates", help="the plates, as vst render reads them: an image sequence (plate.####.exr, "
                            "plate.%%04d.png), a single image, or a movie")
@@ -68,6 +70,11 @@ def register(subparsers: Any) -> None:
     keyframes.add_argument("--levels", type=int, default=kf.levels,
                            help="steps down to half resolution (default %(default)s)")
     keyframes.add_argument("--blocks", type=int, default=kf.blocks, help="residual blocks (default %(default)s)")
+    keyframes.add_argument("--painter-steps", type=int, default=kf.painter_steps, metavar="N",
+                           help="tune the painter (the built-in arbitrary-style network, on whole keyframes) for at "
+                           "most N steps, stopped early on a strip it does not learn from; it draws the strokes "
+                           "of a painterly look, and gets a share of the result by how well it paints that "
+                           "strip (0: the keyframe network alone; default %(default)s)")
     keyframes.add_argument("--preview-every", type=int, default=kf.preview_every, metavar="N",
                            help="write MODEL.preview.png (plate | painted | network) every N steps (0: never)")
     keyframes.add_argument("--checkpoint-every", type=int, default=kf.checkpoint_every, metavar="N",
@@ -151,7 +158,8 @@ def run_keyframes(args: argparse.Namespace) -> int:
             settings = KeyframeSettings(
                 steps=args.steps, minutes=args.minutes, seed=args.seed, patch=args.patch, batch=args.batch,
                 learning_rate=args.learning_rate, width=args.width, levels=args.levels, blocks=args.blocks,
-                colorspace=colorspace, painted_colorspace=painted_colorspace, highlights=args.highlights,
+                painter_steps=args.painter_steps, colorspace=colorspace, painted_colorspace=painted_colorspace,
+                highlights=args.highlights,
                 preview_every=args.preview_every, checkpoint_every=args.checkpoint_every,
             )
             settings.check()
@@ -167,7 +175,7 @@ def run_keyframes(args: argparse.Namespace) -> int:
     print(f"vst train: {len(pairs)} keyframe(s) of {size[2]}x{size[1]} on {device}; "
           f"preview {preview_path(args.output)}", file=sys.stderr)
     sources = {"plates": args.plates, "painted": args.painted, "keyframes": args.frames}
-    with tqdm(total=settings.steps, unit="step", desc="vst train", dynamic_ncols=True) as bar:
+    with tqdm(total=settings.painter_steps + settings.steps, unit="step", desc="vst train", dynamic_ncols=True) as bar:
         def progress(step: int, loss: float, figures: dict[str, Any]) -> None:
             bar.n = step
             bar.set_postfix(l1=f"{loss:.4f}", **figures, refresh=False)
@@ -184,7 +192,8 @@ def run_keyframes(args: argparse.Namespace) -> int:
             return 130
     stop = f" (stopped by --minutes {args.minutes})" if result.stopped_by_time else ""
     memory = "" if result.peak_gpu_bytes is None else f", peak GPU memory {result.peak_gpu_bytes / 2**20:.0f} MiB"
-    print(f"wrote {args.output}: {result.steps} steps in {result.seconds:.0f} s{stop}, L1 {result.loss:.4f}"
+    share = "" if result.painter_share is None else f", painter's share {result.painter_share:.2f}"
+    print(f"wrote {args.output}: {result.steps} steps in {result.seconds:.0f} s{stop}, L1 {result.loss:.4f}{share}"
           f"{memory}. Render with: vst render PLATES OUT --frames ... --model {args.output}")
     return 0
 

@@ -1,11 +1,13 @@
-"""`vst train keyframes`: fit a small keyframe network to painted frames of a shot, on random patches.
+"""`vst train keyframes`: fit a keyframe model (server/models/keyframe.py) to painted frames of a shot.
 
-The loop: sample aligned patches of plate and painted keyframes, predict, L1 loss, Adam with a short
-linear warm-up and a cosine learning-rate decay. Every `preview_every` steps the whole first keyframe
-is run and written as a PNG (plate | painted | network); every `checkpoint_every` steps (and on
-Ctrl-C) the training state is saved beside the output so `--resume` continues where it stopped. The model is written as
-safetensors in the `keyframe` family's layout (server/models/keyframe.py) with the training settings
-as metadata, so the server's registry loads it like any other checkpoint.
+First the painter is tuned on whole keyframes (server/train/painter.py: at most `painter_steps` steps,
+stopped early on a held-out strip). Then the keyframe network's loop: sample aligned patches of plate
+and painted keyframes, predict, L1 loss, Adam with a short linear warm-up and a cosine learning-rate
+decay. Every `preview_every` steps the whole first keyframe is run and written as a PNG (plate |
+painted | model); every `checkpoint_every` steps (and on Ctrl-C) the training state is saved beside
+the output so `--resume` continues where it stopped. At the end the painter's share is chosen
+(`painter_share`) and the model is written as safetensors in the `keyframe` family's layout with the
+training settings as metadata, so the server's registry loads it like any other checkpoint.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from safetensors.torch import save_file
 from server.models import keyframe
 from server.models.checkpoint import read_state_dict
 from server.train.data import Pair, PatchSampler
+from server.train.painter import PainterTuner, painter_share
 from server.train.settings import KeyframeSettings, TrainingError
 
 STATE_SUFFIX = ".train-state"
@@ -41,12 +44,13 @@ class TrainingResult:
     steps: int
     seconds: float
     loss: float
+    painter_share: float | None
     peak_gpu_bytes: int | None
     stopped_by_time: bool
 
 
 Progress = Callable[[int, float, dict[str, Any]], None]
-"""(step done, smoothed loss, extra figures) after each step."""
+"""(steps done, painter's and network's together; smoothed loss; extra figures) after each step."""
 
 
 def state_path(output: Path) -> Path:
@@ -74,23 +78,37 @@ def train_keyframes(
     net = keyframe.KeyframeNet(settings.widths(), settings.blocks)
     optimizer = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
     generator = torch.Generator().manual_seed(settings.seed)
-    step = 0
+    step, painter = 0, None
     if resume is not None:
-        step = _resume(resume, net, optimizer, generator)
+        step, painter = _resume(resume, net, optimizer, generator)
         if step >= settings.steps:
             raise TrainingError(f"{resume} has already trained {step} steps; ask for more with --steps")
     net.to(device).train()
     _optimizer_to(optimizer, device)
-    sampler = PatchSampler(pairs, settings.patch, settings.batch, generator, 2**settings.levels)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.monotonic()
     deadline = None if settings.minutes is None else started + settings.minutes * 60
     smoothed = math.nan
     stopped_by_time = False
+
+    def out_of_time() -> bool:
+        return deadline is not None and time.monotonic() >= deadline
+
+    if painter is None and settings.painter_steps:
+        tuner = PainterTuner(pairs, settings.painter_steps, device)
+        while not tuner.done and not out_of_time():
+            loss = tuner.step()
+            smoothed = loss if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * loss
+            if progress is not None:
+                progress(tuner.step_count, smoothed, {"tuning": "painter", **_figures(device)})
+        painter = tuner.painter()
+        smoothed = math.nan
+    offset = settings.painter_steps
+    sampler = PatchSampler(pairs, settings.patch, settings.batch, generator, 2**settings.levels)
     try:
         while step < settings.steps:
-            if deadline is not None and time.monotonic() >= deadline:
+            if out_of_time():
                 stopped_by_time = True
                 break
             for group in optimizer.param_groups:
@@ -104,20 +122,35 @@ def train_keyframes(
             value = float(loss.detach())
             smoothed = value if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * value
             if settings.preview_every and (step % settings.preview_every == 0 or step == settings.steps):
-                write_preview(net, pairs[0], preview_path(output), device)
+                write_preview(_model(net, painter, pairs, device), pairs[0], preview_path(output), device)
             if settings.checkpoint_every and step % settings.checkpoint_every == 0:
-                _save_state(state_path(output), net, optimizer, generator, step, settings)
+                _save_state(state_path(output), net, painter, optimizer, generator, step, settings)
             if progress is not None:
-                progress(step, smoothed, _figures(device))
+                progress(offset + step, smoothed, _figures(device))
     except KeyboardInterrupt:
-        _save_state(state_path(output), net, optimizer, generator, step, settings)
-        _save_model(net, output, settings, step, smoothed, time.monotonic() - started, sources)
+        _save_state(state_path(output), net, painter, optimizer, generator, step, settings)
+        _save_model(_model(net, painter, pairs, device), output, settings, step, smoothed,
+                    time.monotonic() - started, sources)
         raise
     seconds = time.monotonic() - started
-    _save_model(net, output, settings, step, smoothed, seconds, sources)
-    _save_state(state_path(output), net, optimizer, generator, step, settings)
+    model = _model(net, painter, pairs, device)
+    _save_model(model, output, settings, step, smoothed, seconds, sources)
+    _save_state(state_path(output), net, painter, optimizer, generator, step, settings)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return TrainingResult(output, step, seconds, smoothed, peak, stopped_by_time)
+    share = None if painter is None else float(model.share)
+    return TrainingResult(output, step, seconds, smoothed, share, peak, stopped_by_time or out_of_time())
+
+
+def _model(net: keyframe.KeyframeNet, painter: keyframe.Painter | None, pairs: list[Pair],
+           device: torch.device) -> keyframe.KeyframeModel:
+    """The keyframe model as it stands: the network, and the painter at the share chosen now."""
+    if painter is None:
+        return keyframe.KeyframeModel(net)
+    was_training = net.training
+    net.eval()
+    share = painter_share(net, painter, pairs, device)
+    net.train(was_training)
+    return keyframe.KeyframeModel(net, painter, share).to(device)
 
 
 def learning_rate_at(settings: KeyframeSettings, step: int) -> float:
@@ -136,19 +169,19 @@ def _figures(device: torch.device) -> dict[str, Any]:
     return {"gpu_mem": f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}MiB"}
 
 
-def write_preview(net: keyframe.KeyframeNet, pair: Pair, path: Path, device: torch.device) -> None:
-    """Write plate | painted | the network's result on the whole keyframe as an 8-bit sRGB PNG."""
+def write_preview(model: keyframe.KeyframeModel, pair: Pair, path: Path, device: torch.device) -> None:
+    """Write plate | painted | the model's result on the whole keyframe as an 8-bit sRGB PNG."""
     import OpenImageIO as oiio
 
-    was_training = net.training
-    net.eval()
+    was_training = model.training
+    model.eval()
     with torch.no_grad():
         plate = pair.plate[None].to(device)
         height, width = plate.shape[2:]
-        multiple = 2 ** len(net.down)
+        multiple = model.size_multiple()
         padded = F.pad(plate, (0, -width % multiple, 0, -height % multiple), mode="replicate")
-        result = net(padded)[0, :, :height, :width].cpu()
-    net.train(was_training)
+        result = model(padded)[0, :, :height, :width].cpu()
+    model.train(was_training)
     strip = torch.cat([pair.plate, pair.painted, result], dim=2).permute(1, 2, 0).numpy()
     pixels = (strip.clip(0, 1) * 255 + 0.5).astype(np.uint8)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.png")
@@ -175,24 +208,28 @@ def _metadata(
 
 
 def _save_model(
-    net: keyframe.KeyframeNet, output: Path, settings: KeyframeSettings, step: int, loss: float, seconds: float,
+    model: keyframe.KeyframeModel, output: Path, settings: KeyframeSettings, step: int, loss: float, seconds: float,
     sources: dict[str, str] | None,
 ) -> None:
     """Write the model atomically (temporary file, then rename)."""
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    save_file(keyframe.state_dict_of(net), temporary, metadata=_metadata(settings, step, loss, seconds, sources))
+    metadata = _metadata(settings, step, loss, seconds, sources)
+    if model.painter is not None:
+        metadata["painter_share"] = f"{float(model.share):.3f}"
+    save_file(keyframe.state_dict_of(model), temporary, metadata=metadata)
     os.replace(temporary, output)
 
 
 def _save_state(
-    path: Path, net: keyframe.KeyframeNet, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-    step: int, settings: KeyframeSettings,
+    path: Path, net: keyframe.KeyframeNet, painter: keyframe.Painter | None, optimizer: torch.optim.Optimizer,
+    generator: torch.Generator, step: int, settings: KeyframeSettings,
 ) -> None:
-    """The resumable state: weights, optimizer moments, step, random generator (plain tensors and values)."""
+    """The resumable state: weights (the painter's too, once tuned), optimizer moments, step, random generator
+    (plain tensors and values)."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save({
-        "model": keyframe.state_dict_of(net),
+        "model": keyframe.state_dict_of(keyframe.KeyframeModel(net, painter)),
         "optimizer": optimizer.state_dict(),
         "step": step,
         "generator": generator.get_state(),
@@ -201,33 +238,41 @@ def _save_state(
     os.replace(temporary, path)
 
 
-def _resume(path: Path, net: keyframe.KeyframeNet, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> int:
-    """Load a training state (or only the weights of a trained model) and return the steps already done."""
+def _resume(
+    path: Path, net: keyframe.KeyframeNet, optimizer: torch.optim.Optimizer, generator: torch.Generator
+) -> tuple[int, keyframe.Painter | None]:
+    """Load a training state (or only the weights of a trained model): the steps already done, and the painter
+    when it was tuned already."""
     if path.suffix == ".safetensors":
         state_dict = read_state_dict(path)
-        _load_weights(net, state_dict, path)
-        return int(state_dict.options.get("trained_steps", 0))
+        painter = _load_weights(net, state_dict, path)
+        return int(state_dict.options.get("trained_steps", 0)), painter
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same mistake for the user
         raise TrainingError(f"cannot resume from {path}: not a vst training state ({exc})"[:300]) from None
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise TrainingError(f"cannot resume from {path}: not a vst training state")
-    _load_weights(net, state["model"], path)
+    painter = _load_weights(net, state["model"], path)
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
-    return int(state["step"])
+    return int(state["step"]), painter
 
 
-def _load_weights(net: keyframe.KeyframeNet, state_dict: dict[str, torch.Tensor], path: Path) -> None:
-    theirs = {key: tuple(value.shape) for key, value in state_dict.items()}
-    ours = {key: tuple(value.shape) for key, value in keyframe.state_dict_of(net).items()}
+def _load_weights(
+    net: keyframe.KeyframeNet, state_dict: dict[str, torch.Tensor], path: Path
+) -> keyframe.Painter | None:
+    """Load the keyframe network's weights into `net`; return the painter the file holds, if any."""
+    theirs = {key: tuple(value.shape) for key, value in state_dict.items() if key.startswith(keyframe.PREFIX)}
+    ours = {key: tuple(value.shape) for key, value in keyframe.state_dict_of(keyframe.KeyframeModel(net)).items()}
     if theirs != ours:
         raise TrainingError(
             f"{path} holds a network of another shape than these settings build; resume with the --width, "
             "--levels and --blocks it was trained with"
         )
-    net.load_state_dict({key.removeprefix(keyframe.PREFIX): value for key, value in state_dict.items()})
+    model = keyframe.build(state_dict)
+    net.load_state_dict(model.net.state_dict())
+    return model.painter
 
 
 def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:

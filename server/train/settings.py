@@ -33,6 +33,7 @@ class KeyframeSettings:
     width: int = 16
     levels: int = 2
     blocks: int = 4
+    painter_steps: int = 300
     colorspace: str = "lin_rec709"
     painted_colorspace: str = "lin_rec709"
     highlights: str = "preserve"
@@ -46,6 +47,8 @@ class KeyframeSettings:
             raise TrainingError("--patch must be at least 16 pixels and --batch at least 1")
         if min(self.width, self.levels, self.blocks) < 1:
             raise TrainingError("--width, --levels and --blocks must be at least 1")
+        if self.painter_steps < 0:
+            raise TrainingError(f"--painter-steps {self.painter_steps}: give 0 (no painter) or more")
         if self.patch % 2**self.levels:
             raise TrainingError(f"--patch {self.patch}: use a multiple of {2**self.levels} (2 ** --levels)")
 
