@@ -98,7 +98,7 @@ def test_training_writes_a_model_the_registry_loads_with_its_settings(trained: P
     with safe_open(trained, "pt") as opened:
         assert opened.metadata()["width"] == "8"
     preview = oiio.ImageInput.open(str(trained.with_name("grade.preview.png")))
-    assert (preview.spec().width, preview.spec().height) == (3 * 96, 64)  # plate | painted | network
+    assert (preview.spec().width, preview.spec().height) == (3 * 96, 64)  # plate | painted | model
     preview.close()
 
 

@@ -76,7 +76,7 @@ def register(subparsers: Any) -> None:
                            "of a painterly look, and gets a share of the result by how well it paints that "
                            "strip (0: the keyframe network alone; default %(default)s)")
     keyframes.add_argument("--preview-every", type=int, default=kf.preview_every, metavar="N",
-                           help="write MODEL.preview.png (plate | painted | network) every N steps (0: never)")
+                           help="write MODEL.preview.png (plate | painted | model) every N steps (0: never)")
     keyframes.add_argument("--checkpoint-every", type=int, default=kf.checkpoint_every, metavar="N",
                            help="save the resumable training state every N steps (default %(default)s)")
     keyframes.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu (default auto)")

@@ -115,19 +115,34 @@ def read_pairs(
     return pairs
 
 
-class PatchSampler:
-    """Random aligned patches of the keyframes (plate, painted), batch by batch, from a seeded generator."""
+HOLDOUT = (0.6, 0.8)
+"""A vertical strip of each keyframe, as fractions of its width, that training holds out when it blends a painter
+with the keyframe network (server/train/painter.py): neither learns from it, and the blend is chosen on it."""
 
-    def __init__(self, pairs: list[Pair], patch: int, batch: int, generator: torch.Generator, multiple: int):
+
+def holdout(width: int) -> slice:
+    """The held-out columns of a keyframe `width` pixels wide."""
+    start = int(HOLDOUT[0] * width)
+    return slice(start, max(int(HOLDOUT[1] * width), start + 1))
+
+
+class PatchSampler:
+    """Random aligned patches of the keyframes (plate, painted), batch by batch, from a seeded generator, with the
+    weight of each pixel in the loss: 0 in the held-out strip when `hold_out` is set, else 1."""
+
+    def __init__(self, pairs: list[Pair], patch: int, batch: int, generator: torch.Generator, multiple: int,
+                 hold_out: bool):
         self.pairs = pairs
         self.batch = batch
         self.generator = generator
+        self.hold_out = hold_out
         smallest = min(min(pair.plate.shape[1:]) for pair in pairs)
         self.patch = min(patch, smallest) // multiple * multiple  # the network's size multiple
 
-    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch of plate patches and the painted patches at the same places, [B, 3, P, P] each."""
-        plates, painted = [], []
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A batch of plate patches, the painted patches at the same places, [B, 3, P, P] each, and the pixels'
+        weights in the loss, [B, 1, 1, P] (one per column)."""
+        plates, painted, weights = [], [], []
         size = self.patch
         for _ in range(self.batch):
             index = int(torch.randint(len(self.pairs), (1,), generator=self.generator))
@@ -136,4 +151,8 @@ class PatchSampler:
             left = int(torch.randint(pair.plate.shape[2] - size + 1, (1,), generator=self.generator))
             plates.append(pair.plate[:, top : top + size, left : left + size])
             painted.append(pair.painted[:, top : top + size, left : left + size])
-        return torch.stack(plates), torch.stack(painted)
+            columns = torch.ones(pair.plate.shape[2])
+            if self.hold_out:
+                columns[holdout(pair.plate.shape[2])] = 0
+            weights.append(columns[left : left + size].view(1, 1, size))
+        return torch.stack(plates), torch.stack(painted), torch.stack(weights)

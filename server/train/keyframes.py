@@ -72,7 +72,8 @@ def train_keyframes(
     progress: Progress | None = None,
     sources: dict[str, str] | None = None,
 ) -> TrainingResult:
-    """Train a keyframe network on `pairs` and write it to `output` (safetensors); see the module docstring."""
+    """Train a keyframe model (painter, then network) on `pairs` and write it to `output` (safetensors); see the
+    module docstring."""
     settings.check()
     torch.manual_seed(settings.seed)
     net = keyframe.KeyframeNet(settings.widths(), settings.blocks)
@@ -97,24 +98,30 @@ def train_keyframes(
 
     if painter is None and settings.painter_steps:
         tuner = PainterTuner(pairs, settings.painter_steps, device)
-        while not tuner.done and not out_of_time():
-            loss = tuner.step()
-            smoothed = loss if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * loss
-            if progress is not None:
-                progress(tuner.step_count, smoothed, {"tuning": "painter", **_figures(device)})
+        try:
+            while not tuner.done and not stopped_by_time:
+                loss = tuner.step()
+                smoothed = loss if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * loss
+                if progress is not None:
+                    progress(tuner.step_count, smoothed, {"tuning": "painter", **_figures(device)})
+                stopped_by_time = out_of_time()
+        except KeyboardInterrupt:
+            raise TrainingError("interrupted while tuning the painter, before the keyframe network's first step: "
+                                "nothing was written; run the command again") from None
         painter = tuner.painter()
         smoothed = math.nan
     offset = settings.painter_steps
-    sampler = PatchSampler(pairs, settings.patch, settings.batch, generator, 2**settings.levels)
+    sampler = PatchSampler(pairs, settings.patch, settings.batch, generator, 2**settings.levels, painter is not None)
     try:
-        while step < settings.steps:
+        while step < settings.steps and not stopped_by_time:
             if out_of_time():
                 stopped_by_time = True
                 break
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate_at(settings, step)
-            plate, painted = (t.to(device) for t in sampler.sample())
-            loss = F.l1_loss(net.unclamped(plate), painted)
+            plate, painted, weight = (t.to(device) for t in sampler.sample())
+            kept = (weight.sum() * 3 * plate.shape[2]).clamp_min(1)  # a batch wholly inside held-out strips: no loss
+            loss = ((net.unclamped(plate) - painted).abs() * weight).sum() / kept
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -138,7 +145,7 @@ def train_keyframes(
     _save_state(state_path(output), net, painter, optimizer, generator, step, settings)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     share = None if painter is None else float(model.share)
-    return TrainingResult(output, step, seconds, smoothed, share, peak, stopped_by_time or out_of_time())
+    return TrainingResult(output, step, seconds, smoothed, share, peak, stopped_by_time)
 
 
 def _model(net: keyframe.KeyframeNet, painter: keyframe.Painter | None, pairs: list[Pair],

@@ -4,15 +4,19 @@ The painter starts as the built-in arbitrary-style network's transformer (server
 with the style vector its predictor gives the painted keyframes (their mean). It is tuned, weights,
 style maps and vector alike, with an L1 loss against the painted frames on **whole** keyframes:
 instance norm then sees a whole frame's statistics, as when it serves (on patches it learns other
-statistics and paints whole frames 1-2 dB worse). A vertical strip of every keyframe (`HOLDOUT`) is
-left out of its loss. Tuned on one frame, the painter first learns how the keyframe is painted, then
-starts copying its strokes where they are, which paints other frames worse; the state with the lowest
-error on the strips is the one kept, and tuning stops `PATIENCE` steps after that state.
+statistics and paints whole frames 1-2 dB worse). Keyframes above `PAINTER_PIXELS` are shrunk by a
+whole factor for it (and it runs shrunk when it serves).
 
-The keyframe network is trained on all of every keyframe. The painter's share of the result is the
-least-squares blend weight of the two networks' results on the strips, clipped to 0..1: near 0 for a
-grade or a clean-up (the keyframe network keeps the plate's detail), above one half for a painterly
-look. bench/results/keyframes-cpu-2026-11-28.md (session 6) has the figures behind these choices.
+Neither the painter nor the keyframe network learns from a vertical strip of each keyframe
+(server/train/data.py's `holdout`). Tuned on one frame, the painter first learns how the keyframe is
+painted, then starts copying its strokes where they are, which paints other frames worse: the state
+with the lowest error on the strips is the one kept, and tuning stops `PATIENCE` steps after it. The
+painter's share of the result is the least-squares blend weight of the two networks' results on the
+strips, clipped to 0..1: near 0 for a grade, a clean-up or a smoothing filter (the keyframe network
+keeps or rebuilds the plate's detail), more for painted strokes. Measured on the strips, which neither
+network saw, the share is what the blend earns on other frames; measured on pixels the keyframe
+network learnt from, it came out a third to a fifth of that (bench/results/keyframes-cpu-2026-11-28.md,
+session 6, has the figures behind these choices).
 """
 
 from __future__ import annotations
@@ -27,11 +31,9 @@ from server.models import arbitrary, keyframe
 from server.models.checkpoint import read_state_dict
 from server.models.registry import BUILTIN_DIR
 from server.models.transformer import StyleTransformer
-from server.train.data import Pair
+from server.train.data import Pair, holdout
 
 ARBITRARY_WEIGHTS = BUILTIN_DIR / "arbitrary.safetensors"
-HOLDOUT = (0.6, 0.8)
-"""The strip of each keyframe the painter does not learn from, as fractions of its width."""
 PAINTER_PIXELS = 640 * 360
 """Larger keyframes are shrunk (by a whole factor) to at most this many pixels for the painter, which tunes on
 whole frames: a 1080p keyframe would cost ~6 s per step on one CPU core, 640x360 ~0.7 s."""
@@ -40,11 +42,6 @@ LEARNING_RATE = 1e-3
 STYLE_RATE = 10.0
 WARMUP = 100
 PATIENCE = 100
-
-
-def holdout(width: int) -> slice:
-    """The columns of a keyframe `width` pixels wide that the painter does not learn from."""
-    return slice(int(HOLDOUT[0] * width), max(int(HOLDOUT[1] * width), int(HOLDOUT[0] * width) + 1))
 
 
 def reduction_for(pairs: list[Pair]) -> int:
