@@ -19,6 +19,15 @@ movie frames 1, 16, 31 (the bunny in its burrow and climbing out). The painting 
 intended renders are multistyle26's renders of the movie through `vst render` into PNG (the movie's
 Rec.709 code values), scored in those code values.
 
+Paintings by other means (EXR case only; `--styles` takes their names beside style numbers), so that a
+painting the painter's network family could make exactly is not the only kind scored: `stylization`
+and `sketch` (OpenCV's edge-preserving stylization and colour pencil sketch) and `curve` (an S-shaped
+tone curve per channel with a warmer balance: keeps the plate's detail), applied to the plates in
+sRGB-encoded 0..1 and written back as scene-linear EXR. The keyframe model's painter is the arbitrary
+baseline's own transformer, tuned on the keyframe (server/train/painter.py), and the built-in styles'
+renders come from a network of the same layout (a conditional-instance-norm transformer), which
+favours the painter; on the other paintings it must earn its share.
+
 The model is trained with exactly the checked command (`vst train keyframes PLATES PAINTED --frames 1
 -o MODEL --steps N`) and the held-out frames rendered with `vst render ... --model MODEL --embedded`.
 Score: PSNR of each held-out frame against the intended render, in sRGB-encoded 0..1 (clamped), versus
@@ -26,7 +35,7 @@ two baselines a user already has: copying the painted keyframe (resized to the f
 arbitrary model with the painted keyframe as its style image. The training loss (L1 on the keyframe's
 patches) is not the score.
 
-    .venv/bin/python bench/keyframes.py [--steps 250,1000] [--styles 19] [--cases exr,movie]
+    .venv/bin/python bench/keyframes.py [--steps 250,1000] [--styles 19,stylization] [--cases exr,movie]
         [--strip docs/images/keyframes.png]
 """
 
@@ -130,7 +139,8 @@ def vst(*args: str) -> None:
     subprocess.run([VST, *args], check=True, stderr=subprocess.DEVNULL)
 
 
-def movie_case(work: Path, shared: Path, style: int, steps_list: list[int], reuse: bool) -> list[tuple]:
+def movie_case(work: Path, shared: Path, style: int, steps_list: list[int], reuse: bool,
+               extra: list[str]) -> list[tuple]:
     """The movie case (module docstring): rows (style, steps, seconds, frame, copy, arbitrary, trained)."""
     movie = work / "movie.mp4"
     if not movie.is_file():
@@ -151,7 +161,7 @@ def movie_case(work: Path, shared: Path, style: int, steps_list: list[int], reus
         seconds = "reused"
         if not (reuse and model.is_file()):
             vst("train", "keyframes", str(movie), str(folder / "painted.####.png"), "--frames", str(MOVIE_KEYFRAME),
-                "-o", str(model), "--steps", str(steps))
+                "-o", str(model), "--steps", str(steps), *extra)
             seconds = f"{time.monotonic() - started:.0f}"
         vst("render", str(movie), str(folder / f"out{steps}.####.png"), "--frames", held_out, "--model", str(model),
             "--embedded")
@@ -179,6 +189,30 @@ def render_in_process(plate: Path, model: str, params: dict, output: Path, colou
     write_exr(Frame([Part(channels, part.data_window, part.display_window)]), str(output))
 
 
+FILTERS = ("stylization", "sketch", "curve")
+
+
+def paint(plate: Path, painting: str, output: Path, colours: ColourSpaces) -> None:
+    """`plate` painted by a built-in style (a number: multistyle26 through the server's pipeline) or one of
+    FILTERS (module docstring), written to `output` as a scene-linear EXR."""
+    if painting.isdigit():
+        render_in_process(plate, "multistyle26", {"style": int(painting)}, output, colours)
+        return
+    if painting not in FILTERS:
+        raise SystemExit(f"--styles: {painting!r} is neither a style number nor one of {', '.join(FILTERS)}")
+    encoded = encoded_rgb(plate)
+    if painting == "curve":
+        painted = np.clip((3 * encoded**2 - 2 * encoded**3) * np.float32([1.05, 1.0, 0.85]) + 0.02, 0, 1)
+    else:
+        bgr = (encoded[..., ::-1] * 255 + 0.5).astype(np.uint8)
+        if painting == "stylization":
+            bgr = cv2.stylization(bgr, sigma_s=60, sigma_r=0.45)
+        else:
+            bgr = cv2.pencilSketch(bgr, sigma_s=60, sigma_r=0.07, shade_factor=0.05)[1]
+        painted = bgr[..., ::-1].astype(np.float32) / 255
+    write_exr(linear_frame(srgb_decode(torch.from_numpy(np.ascontiguousarray(painted))).numpy()), str(output))
+
+
 def boxed(image: np.ndarray, width: int = WIDTH, height: int = 214) -> np.ndarray:
     """`image` fitted into a width x height black box, aspect kept."""
     scale = min(width / image.shape[1], height / image.shape[0])
@@ -196,14 +230,18 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", default="1000", help="training lengths to measure, comma separated")
-    parser.add_argument("--styles", default="19", help="built-in styles that paint the keyframe, comma separated")
+    parser.add_argument("--styles", default="19", help="what paints the keyframe, comma separated: built-in style "
+                        f"numbers, or {', '.join(FILTERS)} (EXR case only)")
     parser.add_argument("--shared", type=Path, default=SHARED)
     parser.add_argument("--strip", type=Path, default=None, help="write the README strip here (first style)")
     parser.add_argument("--work", type=Path, default=None, help="keep the files here (default: a temporary folder)")
     parser.add_argument("--reuse", action="store_true", help="use models already trained in --work")
     parser.add_argument("--cases", default="exr,movie", help="exr (EXR plates), movie (movie + painted PNG)")
+    parser.add_argument("--painter-steps", default=None,
+                        help="pass --painter-steps to vst train (a comparison; default: the checked command as it is)")
     args = parser.parse_args()
     cases = args.cases.split(",")
+    extra = [] if args.painter_steps is None else ["--painter-steps", args.painter_steps]
     steps_list = [int(s) for s in args.steps.split(",")]
     if not (args.shared / "video/bigbuckbunny.mp4").is_file():
         raise SystemExit(f"{args.shared} holds no video/bigbuckbunny.mp4; pass --shared PATH")
@@ -217,17 +255,17 @@ def main() -> None:
     print("| style | steps | train s | group | frame | copy keyframe | arbitrary | trained | trained - best baseline |")
     print("|---|---|---|---|---|---|---|---|---|")
     summary, stability = [], []
-    for style in [int(s) for s in args.styles.split(",")] if "exr" in cases else []:
+    for style in args.styles.split(",") if "exr" in cases else []:
         folder = work / f"style{style}"
         (folder / "intended").mkdir(parents=True, exist_ok=True)
         painted = folder / f"painted.{KEYFRAME:04d}.exr"
-        render_in_process(plates / f"plate.{KEYFRAME:04d}.exr", "multistyle26", {"style": style}, painted, colours)
+        paint(plates / f"plate.{KEYFRAME:04d}.exr", style, painted, colours)
         painted_rgb = encoded_rgb(painted)
         baselines = {}
         for frame in held_out:
             plate = plates / f"plate.{frame:04d}.exr"
             intended = folder / "intended" / f"{frame}.exr"
-            render_in_process(plate, "multistyle26", {"style": style}, intended, colours)
+            paint(plate, style, intended, colours)
             arbitrary = folder / f"arbitrary.{frame}.exr"
             render_in_process(plate, "arbitrary", {"style_image": str(painted)}, arbitrary, colours)
             target = encoded_rgb(intended)
@@ -240,7 +278,7 @@ def main() -> None:
             if not (args.reuse and model.is_file()):
                 subprocess.run([VST, "train", "keyframes", str(plates / "plate.####.exr"),
                                 str(folder / "painted.####.exr"), "--frames", str(KEYFRAME), "-o", str(model),
-                                "--steps", str(steps)], check=True)
+                                "--steps", str(steps), *extra], check=True)
                 seconds = f"{time.monotonic() - started:.0f}"
             out = folder / f"out{steps}"
             frames = ",".join(map(str, held_out))
@@ -259,17 +297,17 @@ def main() -> None:
             summary.append((style, steps, seconds, margins))
         steps = max(steps_list)
         stability.append((style, steps, measure_stability(plates, folder, style, steps, colours)))
-        if args.strip and style == int(args.styles.split(",")[0]):
+        if args.strip and style == args.styles.split(",")[0]:
             write_strip(args.strip, plates, folder, painted_rgb, held_out, steps)
     if "movie" in cases:
         print(f"\nMovie case: movie.mp4 (BBB at {WIDTH} px), keyframe = movie frame {MOVIE_KEYFRAME}, painted PNG; "
               "PSNR on the PNG code values\n")
         print("| style | steps | train s | frame | copy keyframe | arbitrary | trained | trained - best baseline |")
         print("|---|---|---|---|---|---|---|---|")
-        for style in [int(s) for s in args.styles.split(",")]:
+        for style in [int(s) for s in args.styles.split(",") if s.isdigit()]:
             by_steps: dict[tuple[int, str], list[float]] = {}
-            for _, steps, seconds, frame, copy, arbitrary, trained in movie_case(work, args.shared, style, steps_list,
-                                                                                 args.reuse):
+            rows = movie_case(work, args.shared, style, steps_list, args.reuse, extra)
+            for _, steps, seconds, frame, copy, arbitrary, trained in rows:
                 margin = trained - max(copy, arbitrary)
                 by_steps.setdefault((steps, seconds), []).append(margin)
                 print(f"| {style} | {steps} | {seconds} | movie {frame} | {copy:.2f} | {arbitrary:.2f} | "
@@ -283,7 +321,7 @@ def main() -> None:
                 print(f"| {style} | {steps} | {seconds} | {group} | {np.mean(values):+.2f} | {min(values):+.2f} |")
     if stability:
         print("\nStability on Big Buck Bunny frames 61-72 (warping error, sRGB 0..1, lower is steadier):\n")
-        print("| style | steps | built-in style per frame | trained per frame | trained --temporal |")
+        print("| style | steps | painting per frame | trained per frame | trained --temporal |")
         print("|---|---|---|---|---|")
         for style, steps, errors in stability:
             values = " | ".join(f"{errors[name]:.2e}" for name in ("intended", "per frame", "temporal"))
@@ -291,8 +329,8 @@ def main() -> None:
     print(f"\nload after: {os.getloadavg()[0]:.1f}; files in {work}")
 
 
-def measure_stability(plates: Path, folder: Path, style: int, steps: int, colours: ColourSpaces) -> dict[str, float]:
-    """Warping error of the motion frames: intended (built-in style per frame), trained per frame and temporal."""
+def measure_stability(plates: Path, folder: Path, style: str, steps: int, colours: ColourSpaces) -> dict[str, float]:
+    """Warping error of the motion frames: intended (the painting per frame), trained per frame and temporal."""
     frames = list(MOTION)
     pattern = str(plates / "plate.####.exr")
     model = folder / f"model{steps}.safetensors"
@@ -300,8 +338,7 @@ def measure_stability(plates: Path, folder: Path, style: int, steps: int, colour
                "temporal": folder / "motion-temporal"}
     renders["intended"].mkdir(exist_ok=True)
     for frame in frames:
-        render_in_process(plates / f"plate.{frame:04d}.exr", "multistyle26", {"style": style},
-                          renders["intended"] / f"out.{frame:04d}.exr", colours)
+        paint(plates / f"plate.{frame:04d}.exr", style, renders["intended"] / f"out.{frame:04d}.exr", colours)
     for name, extra in (("per frame", []), ("temporal", ["--temporal"])):
         subprocess.run([VST, "render", pattern, str(renders[name] / "out.####.exr"), "--frames",
                         f"{frames[0]}-{frames[-1]}", "--model", str(model), "--embedded", *extra], check=True)
