@@ -18,7 +18,7 @@ The optional **painter** is the built-in arbitrary-style transformer (server/mod
 tuned on the whole keyframes, its style baked into each instance norm's own scale and shift. It
 draws strokes and textures the keyframe network cannot invent on frames it never saw; the model's
 result is ``(1 - share) * keyframe network + share * painter``, `share` chosen in training on a strip
-of the keyframes the painter never learnt from (0 for a grade or a clean-up, which the keyframe
+of the keyframes neither network learnt from (about 0 for a grade or a clean-up, which the keyframe
 network keeps sharp)::
 
     painter.<layer>.{weight,bias}          the shared style transformer's convs (server/models/transformer.py)

@@ -31,8 +31,8 @@ def register(subparsers: Any) -> None:
         "keyframes",
         help="learn plate -> painted from one or a few painted frames; the model then paints the whole shot",
         description="Tunes a painter (the built-in arbitrary-style network) on the whole painted keyframes, trains a "
-        "small feed-forward network on random patches of them, blends the two by how well each paints a strip the "
-        "painter did not learn from, and writes a checkpoint the server loads (the keyframe family): "
+        "small feed-forward network on random patches of them, blends the two by how well each paints a strip "
+        "neither learnt from, and writes a checkpoint the server loads (the keyframe family): "
         "vst render PLATES OUT --model MODEL.safetensors.",
     )
     keyframes.add_argument("plates", help="the plates, as vst render reads them: an image sequence (plate.####.exr, "
@@ -43,7 +43,8 @@ def register(subparsers: Any) -> None:
                            help="the painted keyframes, numbered as vst render numbers the plates (movies from 1), "
                            "e.g. 1001 or 1001,1050")
     keyframes.add_argument("-o", "--output", required=True, type=Path, help="model file to write (.safetensors)")
-    keyframes.add_argument("--steps", type=int, default=kf.steps, help="training steps (default %(default)s)")
+    keyframes.add_argument("--steps", type=int, default=kf.steps,
+                           help="training steps of the keyframe network (default %(default)s)")
     keyframes.add_argument("--minutes", type=float, default=kf.minutes,
                            help="stop after this long even if steps remain")
     keyframes.add_argument("--seed", type=int, default=kf.seed,
@@ -72,9 +73,10 @@ def register(subparsers: Any) -> None:
     keyframes.add_argument("--blocks", type=int, default=kf.blocks, help="residual blocks (default %(default)s)")
     keyframes.add_argument("--painter-steps", type=int, default=kf.painter_steps, metavar="N",
                            help="tune the painter (the built-in arbitrary-style network, on whole keyframes) for at "
-                           "most N steps, stopped early on a strip it does not learn from; it draws the strokes "
-                           "of a painterly look, and gets a share of the result by how well it paints that "
-                           "strip (0: the keyframe network alone; default %(default)s)")
+                           "most N steps, stopped early on a strip of each keyframe that neither network learns "
+                           "from; it draws the strokes of a painterly look, and gets a share of the result by how "
+                           "well it paints that strip (0: the keyframe network alone, trained on the whole "
+                           "keyframes; default %(default)s)")
     keyframes.add_argument("--preview-every", type=int, default=kf.preview_every, metavar="N",
                            help="write MODEL.preview.png (plate | painted | model) every N steps (0: never)")
     keyframes.add_argument("--checkpoint-every", type=int, default=kf.checkpoint_every, metavar="N",
