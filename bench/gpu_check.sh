@@ -14,7 +14,9 @@
 #   3. bench/pipeline.py: the stages around the network, every family's network at 1080p and 4K in
 #      fp16 and fp32 (fp16 error against fp32), and frames per second through the server from another
 #      process at 1080p and 4K with 4 frames in flight, GPU memory;
-#   4. bench/model.py (the served network against onnxruntime, and GPU fps).
+#   4. bench/model.py (the served network against onnxruntime, and GPU fps);
+#   5. `vst train keyframes` on CUDA (issue 17): the shipped Beachball sample's frame 1 painted by built-in
+#      style 19, the checked command's 1000 steps: time, the painter's share, peak GPU memory.
 #
 # Logs and figures go to $OUT (the device tool brings them back); the summary is printed last.
 #
@@ -73,3 +75,12 @@ grep -E "compiled|per frame|ratio|GPU memory|Error" "$OUT/stages.log" | tee -a "
 timeout 30 $PY bench/model.py --repeats 5 > "$OUT/model.log" 2>&1
 note "bench/model.py (exit $?):"
 grep -E "GPU|frames/s|Error" "$OUT/model.log" | tail -12 | tee -a "$SUMMARY"
+
+# 5. keyframe training on CUDA: the painting, then exactly the checked command (it prints time and GPU memory)
+T=/tmp/vst-train
+mkdir -p "$T"
+timeout 45 bash -c "/tmp/vst-venv/bin/vst render samples/beachball/beachball.####.exr $T/painted.####.exr \
+    --frames 1 --model multistyle26 --style 19 --embedded && /tmp/vst-venv/bin/vst train keyframes \
+    samples/beachball/beachball.####.exr $T/painted.####.exr --frames 1 -o $T/m.safetensors --steps 1000" \
+    > "$OUT/train.log" 2>&1
+note "vst train keyframes on CUDA (exit $?): $(grep -E '^wrote .*safetensors|on cuda' "$OUT/train.log")"
