@@ -177,7 +177,8 @@ def run_keyframes(args: argparse.Namespace) -> int:
     print(f"vst train: {len(pairs)} keyframe(s) of {size[2]}x{size[1]} on {device}; "
           f"preview {preview_path(args.output)}", file=sys.stderr)
     sources = {"plates": args.plates, "painted": args.painted, "keyframes": args.frames}
-    with tqdm(total=settings.painter_steps + settings.steps, unit="step", desc="vst train", dynamic_ncols=True) as bar:
+    total = settings.painter_steps + settings.steps + settings.finishing_steps()
+    with tqdm(total=total, unit="step", desc="vst train", dynamic_ncols=True) as bar:
         def progress(step: int, loss: float, figures: dict[str, Any]) -> None:
             bar.n = step
             bar.set_postfix(l1=f"{loss:.4f}", **figures, refresh=False)

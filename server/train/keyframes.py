@@ -1,13 +1,16 @@
 """`vst train keyframes`: fit a keyframe model (server/models/keyframe.py) to painted frames of a shot.
 
 First the painter is tuned on whole keyframes (server/train/painter.py: at most `painter_steps` steps,
-stopped early on a held-out strip). Then the keyframe network's loop: sample aligned patches of plate
-and painted keyframes, predict, L1 loss, Adam with a short linear warm-up and a cosine learning-rate
-decay. Every `preview_every` steps the whole first keyframe is run and written as a PNG (plate |
-painted | model); every `checkpoint_every` steps (and on Ctrl-C) the training state is saved beside
-the output so `--resume` continues where it stopped. At the end the painter's share is chosen
-(`painter_share`) and the model is written as safetensors in the `keyframe` family's layout with the
-training settings as metadata, so the server's registry loads it like any other checkpoint.
+stopped early on a held-out strip of each keyframe). Then the keyframe network's loop: sample aligned
+patches of plate and painted keyframes, predict, L1 loss (not on the held-out strips while there is a
+painter), Adam with a short linear warm-up and a cosine learning-rate decay. With a painter, its share is
+then chosen on the strips (`painter_share`), and the network takes its finishing steps on whole
+keyframes (`KeyframeSettings.finishing_steps`), so that it ends up having learnt from every pixel.
+Every `preview_every` steps the whole first keyframe is run and written as a PNG (plate | painted |
+model); every `checkpoint_every` steps (and on Ctrl-C) the training state is saved beside the output
+so `--resume` continues where it stopped. The model is written as safetensors in the `keyframe`
+family's layout with the training settings as metadata, so the server's registry loads it like any
+other checkpoint.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from server.models import keyframe
 from server.models.checkpoint import read_state_dict
 from server.train.data import Pair, PatchSampler
 from server.train.painter import PainterTuner, painter_share
-from server.train.settings import KeyframeSettings, TrainingError
+from server.train.settings import FINISHING_RATE, KeyframeSettings, TrainingError
 
 STATE_SUFFIX = ".train-state"
 """Suffix of the resumable training state written beside the model (not a model the registry lists)."""
@@ -112,6 +115,7 @@ def train_keyframes(
         smoothed = math.nan
     offset = settings.painter_steps
     sampler = PatchSampler(pairs, settings.patch, settings.batch, generator, 2**settings.levels, painter is not None)
+    share = None
     try:
         while step < settings.steps and not stopped_by_time:
             if out_of_time():
@@ -119,28 +123,37 @@ def train_keyframes(
                 break
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate_at(settings, step)
-            plate, painted, weight = (t.to(device) for t in sampler.sample())
-            kept = (weight.sum() * 3 * plate.shape[2]).clamp_min(1)  # a batch wholly inside held-out strips: no loss
-            loss = ((net.unclamped(plate) - painted).abs() * weight).sum() / kept
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = _network_step(net, optimizer, sampler, device)
             step += 1
-            value = float(loss.detach())
-            smoothed = value if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * value
-            if settings.preview_every and (step % settings.preview_every == 0 or step == settings.steps):
+            smoothed = loss if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * loss
+            if settings.preview_every and step % settings.preview_every == 0:
                 write_preview(_model(net, painter, pairs, device), pairs[0], preview_path(output), device)
             if settings.checkpoint_every and step % settings.checkpoint_every == 0:
                 _save_state(state_path(output), net, painter, optimizer, generator, step, settings)
             if progress is not None:
                 progress(offset + step, smoothed, _figures(device))
+        if painter is not None and not stopped_by_time:
+            share = painter_share(net, painter, pairs, device)  # on the strips, before the network learns them
+            whole = PatchSampler(pairs, settings.patch, settings.batch, generator, 2**settings.levels, False)
+            for group in optimizer.param_groups:
+                group["lr"] = settings.learning_rate * FINISHING_RATE
+            for done in range(1, settings.finishing_steps() + 1):
+                if out_of_time():
+                    stopped_by_time = True
+                    break
+                loss = _network_step(net, optimizer, whole, device)
+                smoothed = 0.95 * smoothed + 0.05 * loss
+                if progress is not None:
+                    progress(offset + step + done, smoothed, _figures(device))
     except KeyboardInterrupt:
         _save_state(state_path(output), net, painter, optimizer, generator, step, settings)
-        _save_model(_model(net, painter, pairs, device), output, settings, step, smoothed,
+        _save_model(_model(net, painter, pairs, device, share), output, settings, step, smoothed,
                     time.monotonic() - started, sources)
         raise
     seconds = time.monotonic() - started
-    model = _model(net, painter, pairs, device)
+    model = _model(net, painter, pairs, device, share)
+    if settings.preview_every:
+        write_preview(model, pairs[0], preview_path(output), device)
     _save_model(model, output, settings, step, smoothed, seconds, sources)
     _save_state(state_path(output), net, painter, optimizer, generator, step, settings)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
@@ -148,15 +161,28 @@ def train_keyframes(
     return TrainingResult(output, step, seconds, smoothed, share, peak, stopped_by_time)
 
 
-def _model(net: keyframe.KeyframeNet, painter: keyframe.Painter | None, pairs: list[Pair],
-           device: torch.device) -> keyframe.KeyframeModel:
-    """The keyframe model as it stands: the network, and the painter at the share chosen now."""
+def _network_step(net: keyframe.KeyframeNet, optimizer: torch.optim.Optimizer, sampler: PatchSampler,
+                  device: torch.device) -> float:
+    """One update of the keyframe network on a batch of patches (L1 on the pixels the sampler weights); its loss."""
+    plate, painted, weight = (t.to(device) for t in sampler.sample())
+    kept = (weight.sum() * 3 * plate.shape[2]).clamp_min(1)  # a batch wholly inside held-out strips: no loss
+    loss = ((net.unclamped(plate) - painted).abs() * weight).sum() / kept
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _model(net: keyframe.KeyframeNet, painter: keyframe.Painter | None, pairs: list[Pair], device: torch.device,
+           share: float | None = None) -> keyframe.KeyframeModel:
+    """The keyframe model as it stands: the network, and the painter at `share` (chosen now if not given)."""
     if painter is None:
         return keyframe.KeyframeModel(net)
-    was_training = net.training
-    net.eval()
-    share = painter_share(net, painter, pairs, device)
-    net.train(was_training)
+    if share is None:
+        was_training = net.training
+        net.eval()
+        share = painter_share(net, painter, pairs, device)
+        net.train(was_training)
     return keyframe.KeyframeModel(net, painter, share).to(device)
 
 

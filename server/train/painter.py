@@ -8,7 +8,8 @@ statistics and paints whole frames 1-2 dB worse). Keyframes above `PAINTER_PIXEL
 whole factor for it (and it runs shrunk when it serves).
 
 Neither the painter nor the keyframe network learns from a vertical strip of each keyframe
-(server/train/data.py's `holdout`). Tuned on one frame, the painter first learns how the keyframe is
+(server/train/data.py's `holdout`) until the share is chosen; the network then takes its finishing steps
+on whole keyframes (server/train/keyframes.py). Tuned on one frame, the painter first learns how the keyframe is
 painted, then starts copying its strokes where they are, which paints other frames worse: the state
 with the lowest error on the strips is the one kept, and tuning stops `PATIENCE` steps after it. The
 painter's share of the result is the least-squares blend weight of the two networks' results on the

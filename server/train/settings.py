@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+FINISHING_RATE = 0.1
+"""The keyframe network's finishing steps (`KeyframeSettings.finishing_steps`) run at this fraction of the rate."""
+
 
 class TrainingError(ValueError):
     """Training cannot start or continue as asked."""
@@ -51,6 +54,11 @@ class KeyframeSettings:
             raise TrainingError(f"--painter-steps {self.painter_steps}: give 0 (no painter) or more")
         if self.patch % 2**self.levels:
             raise TrainingError(f"--patch {self.patch}: use a multiple of {2**self.levels} (2 ** --levels)")
+
+    def finishing_steps(self) -> int:
+        """With a painter, the keyframe network's steps on whole keyframes (held-out strips included) once the
+        painter's share is chosen: a fifth of --steps, at `FINISHING_RATE` of the learning rate."""
+        return self.steps // 5 if self.painter_steps else 0
 
     def widths(self) -> tuple[int, ...]:
         """Channels at each level: --width at full resolution, doubling at each step down."""
