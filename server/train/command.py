@@ -177,7 +177,7 @@ def run_keyframes(args: argparse.Namespace) -> int:
     print(f"vst train: {len(pairs)} keyframe(s) of {size[2]}x{size[1]} on {device}; "
           f"preview {preview_path(args.output)}", file=sys.stderr)
     sources = {"plates": args.plates, "painted": args.painted, "keyframes": args.frames}
-    total = settings.painter_steps + settings.steps + settings.finishing_steps()
+    total = settings.painter_steps + settings.steps + settings.finishing_steps(painter=settings.painter_steps > 0)
     with tqdm(total=total, unit="step", desc="vst train", dynamic_ncols=True) as bar:
         def progress(step: int, loss: float, figures: dict[str, Any]) -> None:
             bar.n = step

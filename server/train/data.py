@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from server.colour import ColourSpaces, to_network
 from vst_plugin.exr import ExrError
@@ -113,6 +114,12 @@ def read_pairs(
             raise TrainingDataError(f"frame {frame}: {plates.file(frame)} is smaller than 16 pixels; nothing to learn")
         pairs.append(Pair(frame, plate, paint))
     return pairs
+
+
+def padded(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    """A [3, H, W] training image as a batch of one, its edges repeated up to sides that are multiples of
+    `multiple` (what a network needs to run on the whole frame)."""
+    return F.pad(image[None], (0, -image.shape[2] % multiple, 0, -image.shape[1] % multiple), mode="replicate")
 
 
 HOLDOUT = (0.6, 0.8)

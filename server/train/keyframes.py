@@ -26,12 +26,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from server.models import keyframe
 from server.models.checkpoint import read_state_dict
-from server.train.data import Pair, PatchSampler
+from server.train.data import Pair, PatchSampler, padded
 from server.train.painter import PainterTuner, painter_share
 from server.train.settings import FINISHING_RATE, KeyframeSettings, TrainingError
 
@@ -126,7 +125,7 @@ def train_keyframes(
             loss = _network_step(net, optimizer, sampler, device)
             step += 1
             smoothed = loss if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * loss
-            if settings.preview_every and step % settings.preview_every == 0:
+            if settings.preview_every and step % settings.preview_every == 0 and step < settings.steps:
                 write_preview(_model(net, painter, pairs, device), pairs[0], preview_path(output), device)
             if settings.checkpoint_every and step % settings.checkpoint_every == 0:
                 _save_state(state_path(output), net, painter, optimizer, generator, step, settings)
@@ -137,7 +136,7 @@ def train_keyframes(
             whole = PatchSampler(pairs, settings.patch, settings.batch, generator, 2**settings.levels, False)
             for group in optimizer.param_groups:
                 group["lr"] = settings.learning_rate * FINISHING_RATE
-            for done in range(1, settings.finishing_steps() + 1):
+            for done in range(1, settings.finishing_steps(painter=True) + 1):
                 if out_of_time():
                     stopped_by_time = True
                     break
@@ -179,10 +178,7 @@ def _model(net: keyframe.KeyframeNet, painter: keyframe.Painter | None, pairs: l
     if painter is None:
         return keyframe.KeyframeModel(net)
     if share is None:
-        was_training = net.training
-        net.eval()
         share = painter_share(net, painter, pairs, device)
-        net.train(was_training)
     return keyframe.KeyframeModel(net, painter, share).to(device)
 
 
@@ -209,11 +205,8 @@ def write_preview(model: keyframe.KeyframeModel, pair: Pair, path: Path, device:
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        plate = pair.plate[None].to(device)
-        height, width = plate.shape[2:]
-        multiple = model.size_multiple()
-        padded = F.pad(plate, (0, -width % multiple, 0, -height % multiple), mode="replicate")
-        result = model(padded)[0, :, :height, :width].cpu()
+        height, width = pair.plate.shape[1:]
+        result = model(padded(pair.plate, model.size_multiple()).to(device))[0, :, :height, :width].cpu()
     model.train(was_training)
     strip = torch.cat([pair.plate, pair.painted, result], dim=2).permute(1, 2, 0).numpy()
     pixels = (strip.clip(0, 1) * 255 + 0.5).astype(np.uint8)

@@ -32,7 +32,7 @@ from server.models import arbitrary, keyframe
 from server.models.checkpoint import read_state_dict
 from server.models.registry import BUILTIN_DIR
 from server.models.transformer import StyleTransformer
-from server.train.data import Pair, holdout
+from server.train.data import Pair, holdout, padded
 
 ARBITRARY_WEIGHTS = BUILTIN_DIR / "arbitrary.safetensors"
 PAINTER_PIXELS = 640 * 360
@@ -49,11 +49,6 @@ def reduction_for(pairs: list[Pair]) -> int:
     """The smallest whole factor that shrinks every keyframe to at most `PAINTER_PIXELS`."""
     largest = max(pair.plate.shape[1] * pair.plate.shape[2] for pair in pairs)
     return max(1, math.ceil(math.sqrt(largest / PAINTER_PIXELS)))
-
-
-def _padded(image: torch.Tensor, multiple: int) -> torch.Tensor:
-    """[3, H, W] -> [1, 3, H', W'] replicated up to a multiple of `multiple`."""
-    return F.pad(image[None], (0, -image.shape[2] % multiple, 0, -image.shape[1] % multiple), mode="replicate")
 
 
 class PainterTuner:
@@ -73,7 +68,7 @@ class PainterTuner:
             {"params": convs, "rate": LEARNING_RATE},
         ])
         self.reduction = reduction_for(pairs)
-        self.pairs = [(_padded(pair.plate, 4 * self.reduction).to(device), pair.painted.to(device)) for pair in pairs]
+        self.pairs = [(padded(pair.plate, 4 * self.reduction).to(device), pair.painted.to(device)) for pair in pairs]
         self.steps = steps
         self.step_count = 0
         self.best_error = math.inf
@@ -144,7 +139,7 @@ def painter_share(net: keyframe.KeyframeNet, painter: keyframe.Painter, pairs: l
     with torch.no_grad():
         for pair in pairs:
             height, width = pair.plate.shape[1:]
-            plate = _padded(pair.plate, multiple).to(device)
+            plate = padded(pair.plate, multiple).to(device)
             strip = holdout(width)
             ours = net(plate)[0, :, :height, strip]
             theirs = painter(plate)[0, :, :height, strip]

@@ -55,10 +55,11 @@ class KeyframeSettings:
         if self.patch % 2**self.levels:
             raise TrainingError(f"--patch {self.patch}: use a multiple of {2**self.levels} (2 ** --levels)")
 
-    def finishing_steps(self) -> int:
-        """With a painter, the keyframe network's steps on whole keyframes (held-out strips included) once the
-        painter's share is chosen: a fifth of --steps, at `FINISHING_RATE` of the learning rate."""
-        return self.steps // 5 if self.painter_steps else 0
+    def finishing_steps(self, painter: bool) -> int:
+        """With a painter (tuned now or resumed), the keyframe network's steps on whole keyframes (held-out strips
+        included) once the painter's share is chosen: a fifth of --steps, at `FINISHING_RATE` of the learning
+        rate."""
+        return self.steps // 5 if painter else 0
 
     def widths(self) -> tuple[int, ...]:
         """Channels at each level: --width at full resolution, doubling at each step down."""
